@@ -25,6 +25,7 @@ from ._bijector import (
 )
 from ._constraint import Clamp, Constraint, NonNegative, apply, contains_constraints, finalize
 from ._density import log_density, log_prior, partition
+from ._sample import Posterior, sample
 from ._unwrappable import (
     NonTrainable,
     Parameterize,
@@ -41,7 +42,7 @@ from ._unwrappable import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bijector", "Bounded", "Clamp", "Constrained", "Constraint", "CorrCholesky", "CorrMatrix",
+    "Bijector", "Bounded", "Posterior", "sample", "Clamp", "Constrained", "Constraint", "CorrCholesky", "CorrMatrix",
     "CovCholesky", "NonNegative", "NonTrainable", "Ordered", "Parameterize", "Positive",
     "PositiveDefinite", "PositiveOrdered", "Real", "Ref", "Simplex", "SkewSymmetric", "Symmetric",
     "Unwrappable", "WeightNormalization", "ZeroSum", "apply", "contains_constraints",

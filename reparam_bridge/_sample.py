@@ -1,0 +1,351 @@
+"""NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray, PyTree
+from numpyro.infer import HMC, MCMC, NUTS
+
+from ._arviz import draws_to_dict, to_inference_data
+from ._bijector import walk_bijectors
+from ._density import check_bijective, log_density, partition
+from ._paths import leaves_with_paths
+from ._unwrappable import unwrap
+
+_EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
+
+
+def _logdensity_fn(log_joint: Callable, static: PyTree, args: tuple) -> Callable[[PyTree], Array]:
+    def logdensity(params: PyTree) -> Array:
+        return log_density(log_joint, eqx.combine(params, static), *args, jacobian=True)
+
+    return logdensity
+
+
+def _check_key(key: Any) -> None:
+    if key is None:
+        raise TypeError("rb.sample needs key=jax.random.key(...) (or PRNGKey).")
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a JAX PRNG key, got {type(key).__name__}.")
+
+
+def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> tuple[PyTree, PyTree]:
+    """Every check that needs no compilation: bijective wrappers, free arrays, scalar density."""
+    check_bijective(model, what)
+    params, static = partition(model)
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError(
+            f"{what}: the model has no free arrays to sample (every array is frozen, static or "
+            "not a float). Wrap parameters in rb.Real/rb.Positive/... or use float arrays."
+        )
+    try:
+        out = jax.eval_shape(lambda p: log_joint(unwrap(eqx.combine(p, static)), *args), params)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise type(e)(f"{what}: log_joint(unwrap(model), *args) failed while tracing: {e}") from e
+    shape = getattr(out, "shape", None)
+    if shape != ():
+        raise ValueError(
+            f"{what}: log_joint must return a scalar log-density, got shape {shape}; sum the "
+            "pointwise terms (and pass log_likelihood= for the pointwise version)."
+        )
+    return params, static
+
+
+def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str | None:
+    """Say which parameter makes the log-density at ``model`` non-finite (``None`` if finite)."""
+    for path, node, inner in walk_bijectors(model):
+        value = inner.unwrap()
+        if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(value)):
+            return f"the value of '{path}' ({type(node).__name__}) is not finite"
+        if not bool(jnp.isfinite(jnp.sum(inner.log_det_jacobian()))):
+            return f"the log-Jacobian of '{path}' ({type(node).__name__}) is not finite"
+        prior = getattr(node, "prior", None)
+        if prior is not None and not bool(jnp.isfinite(jnp.sum(prior.log_prob(value)))):
+            return f"the prior of '{path}' is not finite at its value {np.asarray(value)}"
+    params, static = partition(model)
+    for path, leaf in leaves_with_paths(params):
+        if leaf is not None and not bool(jnp.all(jnp.isfinite(leaf))):
+            return f"the free array '{path}' holds non-finite values"
+    lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)  # noqa: E731
+    value = lj(params)
+    if bool(jnp.isfinite(value)):
+        return None
+    # log_joint itself is -inf/nan: name the parameters whose constrained value it is
+    # sensitive to (non-finite gradient), else say it is the data / the function.
+    grads = jax.grad(lambda p: jnp.nan_to_num(lj(p), nan=-1e30, neginf=-1e30))(params)
+    suspects = [p for p, g in leaves_with_paths(grads) if g is not None and not bool(jnp.all(jnp.isfinite(g)))]
+    where = f"; the parameters involved: {', '.join(suspects)}" if suspects else ""
+    return f"log_joint(unwrap(model), *args) is {float(value)} at the initial point{where}"
+
+
+def _initial_params(params: PyTree, key: PRNGKeyArray, num_chains: int, jitter: float) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    jittered = [
+        leaf[None] + jitter * jax.random.uniform(k, (num_chains, *leaf.shape), leaf.dtype, -1.0, 1.0)
+        for leaf, k in zip(leaves, keys)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, jittered)
+
+
+def _stack_inits(init: Any, static: PyTree, num_chains: int) -> PyTree:
+    """Per-chain initial values: a list of wrapped models, or one wrapped model whose free
+    arrays carry a leading chain axis."""
+    if isinstance(init, (list, tuple)):
+        if len(init) != num_chains:
+            raise ValueError(f"init: got {len(init)} models for num_chains={num_chains}.")
+        parts = [partition(m)[0] for m in init]
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *parts)
+    params = partition(init)[0]
+    for path, leaf in leaves_with_paths(params):
+        if leaf.shape[:1] != (num_chains,):
+            raise ValueError(f"init: free array '{path}' needs a leading chain axis of {num_chains}, got {leaf.shape}.")
+    return params
+
+
+def sample(
+    model: PyTree,
+    log_joint: Callable[..., Any],
+    *args: Any,
+    key: PRNGKeyArray,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    chain_method: str | None = None,
+    progress_bar: bool = True,
+    kernel: type | str = "nuts",
+    init: Any = None,
+    init_jitter: float = 0.1,
+    thinning: int = 1,
+    log_likelihood: Callable[..., Any] | None = None,
+    **kernel_kwargs: Any,
+) -> "Posterior":
+    """Sample the free arrays of ``model`` with NumPyro NUTS (or HMC) in unconstrained space.
+
+    The target is ``log_density(log_joint, model, *args, jacobian=True)``. Chains start at
+    the model's current values (e.g. the MAP) plus uniform jitter of half-width
+    ``init_jitter`` in unconstrained space, or at ``init`` (a list of ``num_chains`` wrapped
+    models, or one whose free arrays have a leading chain axis).
+
+    Args:
+        chain_method: NumPyro's ``"parallel"`` (one chain per JAX device), ``"vectorized"`` or
+            ``"sequential"``. Default: ``"parallel"`` when there are enough devices, else
+            ``"vectorized"``.
+        kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
+        log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
+            log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.
+        **kernel_kwargs: passed to the kernel (``dense_mass``, ``target_accept_prob``,
+            ``max_tree_depth``, ...).
+
+    Example:
+        >>> import jax, numpyro.distributions as dist
+        >>> import reparam_bridge as rb
+        >>> model = {"mu": rb.Real(0.0), "sigma": rb.Positive(1.0)}
+        >>> def log_joint(m, y):
+        ...     return (dist.Normal(0, 10).log_prob(m["mu"]) + dist.HalfNormal(5).log_prob(m["sigma"])
+        ...             + dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum())
+        >>> y = jax.numpy.array([0.8, 1.2, 1.0, 0.9])
+        >>> post = rb.sample(model, log_joint, y, key=jax.random.key(0), num_warmup=200,
+        ...                  num_samples=200, num_chains=2, progress_bar=False)
+        >>> post.draws["mu"].shape, post.sample_stats["diverging"].shape
+        ((2, 200), (2, 200))
+    """
+    _check_key(key)
+    params, static = check_model(model, log_joint, args, "rb.sample")
+    logdensity = _logdensity_fn(log_joint, static, args)
+
+    init_key, run_key = jax.random.split(key)
+    if init is None:
+        init_params = _initial_params(params, init_key, num_chains, init_jitter)
+    else:
+        init_params = _stack_inits(init, static, num_chains)
+    init_lp = jax.jit(jax.vmap(logdensity))(init_params)
+    if not bool(jnp.all(jnp.isfinite(init_lp))):
+        chain = int(np.argmin(np.isfinite(np.asarray(init_lp))))
+        start = eqx.combine(jax.tree_util.tree_map(lambda x: x[chain], init_params), static)
+        why = diagnose_nonfinite(start, log_joint, args) or "the log-density is not finite"
+        raise ValueError(
+            f"rb.sample: the initial point of chain {chain} has a non-finite log-density: {why}. "
+            "Start from valid values (e.g. the result of rb.map_estimate) or pass init=."
+        )
+
+    if chain_method is None:
+        chain_method = "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
+    if isinstance(kernel, str):
+        kernels = {"nuts": NUTS, "hmc": HMC}
+        if kernel.lower() not in kernels:
+            raise ValueError(f"kernel must be 'nuts', 'hmc' or a NumPyro kernel class, got {kernel!r}.")
+        kernel = kernels[kernel.lower()]
+    potential_fn = lambda p: -logdensity(p)  # noqa: E731
+    mcmc = MCMC(
+        kernel(potential_fn=potential_fn, **kernel_kwargs),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=chain_method,
+        progress_bar=progress_bar,
+        thinning=thinning,
+    )
+    if num_chains == 1:
+        init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
+    mcmc.run(run_key, init_params=init_params, extra_fields=_EXTRA_FIELDS)
+    return Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+
+
+def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
+    n_steps = np.asarray(extra["num_steps"])
+    return {
+        "diverging": np.asarray(extra["diverging"], dtype=bool),
+        "n_steps": n_steps,
+        "tree_depth": (np.floor(np.log2(np.maximum(n_steps, 1))) + 1).astype(np.int64),
+        "energy": np.asarray(extra["energy"]),
+        "lp": -np.asarray(extra["potential_energy"]),
+        "acceptance_rate": np.asarray(extra["accept_prob"]),
+        "step_size": np.asarray(extra["adapt_state.step_size"]),
+    }
+
+
+def _batched_unwrap(static: PyTree, samples: PyTree) -> PyTree:
+    """Unwrap every (chain, draw) of ``samples``; one compiled vmap over the flattened draws."""
+    leaves = jax.tree_util.tree_leaves(samples)
+    chains, draws = leaves[0].shape[:2]
+    flat = jax.tree_util.tree_map(lambda x: x.reshape(chains * draws, *x.shape[2:]), samples)
+    out = eqx.filter_jit(eqx.filter_vmap(lambda p: unwrap(eqx.combine(p, static))))(flat)
+    return jax.tree_util.tree_map(
+        lambda x: x.reshape(chains, draws, *x.shape[1:]) if eqx.is_array(x) else x, out
+    )
+
+
+class Posterior:
+    """Draws from :func:`sample`.
+
+    Attributes:
+        draws: the user's model type, unwrapped, every array leaf shaped ``(chain, draw, ...)``.
+        unconstrained: the wrapped model whose free arrays are the sampled unconstrained
+            values, shaped ``(chain, draw, ...)``.
+        sample_stats: ``diverging``, ``n_steps``, ``tree_depth``, ``energy``, ``lp``,
+            ``acceptance_rate``, ``step_size`` (ArviZ names), each ``(chain, draw)``.
+        mcmc: the NumPyro ``MCMC`` object (``None`` after :meth:`load`).
+    """
+
+    def __init__(self, model, static, samples, sample_stats, *, mcmc=None, log_joint=None,
+                 args=(), log_likelihood=None, log_likelihood_values=None):
+        self.model = model
+        self._static = static
+        self._samples = samples
+        self.sample_stats = sample_stats
+        self.mcmc = mcmc
+        self._log_joint = log_joint
+        self._args = args
+        self._log_likelihood = log_likelihood
+        self._log_likelihood_values = log_likelihood_values
+        self._draws = None
+
+    @classmethod
+    def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
+        samples = mcmc.get_samples(group_by_chain=True)
+        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True))
+        return cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
+                   log_likelihood=log_likelihood)
+
+    @property
+    def num_chains(self) -> int:
+        return int(jax.tree_util.tree_leaves(self._samples)[0].shape[0])
+
+    @property
+    def num_draws(self) -> int:
+        return int(jax.tree_util.tree_leaves(self._samples)[0].shape[1])
+
+    @property
+    def unconstrained(self) -> PyTree:
+        return eqx.combine(self._samples, self._static)
+
+    @property
+    def draws(self) -> PyTree:
+        if self._draws is None:
+            self._draws = _batched_unwrap(self._static, self._samples)
+        return self._draws
+
+    def _pointwise_log_likelihood(self) -> dict[str, np.ndarray] | None:
+        if self._log_likelihood_values is None and self._log_likelihood is not None:
+            fn, args = self._log_likelihood, self._args
+            flat = jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), self._samples)
+            static = self._static
+            out = jax.jit(jax.vmap(lambda p: fn(unwrap(eqx.combine(p, static)), *args)))(flat)
+            out = out if isinstance(out, dict) else {"obs": out}
+            self._log_likelihood_values = {
+                k: np.asarray(v).reshape(self.num_chains, self.num_draws, *np.shape(v)[1:]) for k, v in out.items()
+            }
+        return self._log_likelihood_values
+
+    def to_inference_data(self):
+        """``arviz.InferenceData`` with ``posterior`` (named by attribute paths),
+        ``sample_stats`` and, when a pointwise ``log_likelihood`` was given, ``log_likelihood``.
+
+        Example:
+            >>> import arviz as az  # doctest: +SKIP
+            >>> az.summary(posterior.to_inference_data())  # doctest: +SKIP
+        """
+        return to_inference_data(
+            draws_to_dict(self.model, self.draws),
+            sample_stats=self.sample_stats,
+            log_likelihood=self._pointwise_log_likelihood(),
+        )
+
+    def resume(self, num_samples: int | None = None, *, progress_bar: bool = False) -> "Posterior":
+        """Continue the same chains (same step size and mass matrix, no new warmup) for
+        ``num_samples`` more draws; returns a Posterior holding the old and the new draws."""
+        if self.mcmc is None:
+            raise ValueError("resume: this Posterior has no live NumPyro MCMC (it was loaded from disk).")
+        mcmc = self.mcmc
+        mcmc.post_warmup_state = mcmc.last_state
+        if num_samples is not None:
+            mcmc.num_samples = int(num_samples)
+            mcmc._set_collection_params()
+        mcmc.progress_bar = progress_bar
+        mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=_EXTRA_FIELDS)
+        new = Posterior._from_mcmc(self.model, self._static, mcmc, self._log_joint, self._args, self._log_likelihood)
+        cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
+        samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, new._samples)
+        stats = {k: cat(self.sample_stats[k], new.sample_stats[k]) for k in self.sample_stats}
+        return Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
+                         args=self._args, log_likelihood=self._log_likelihood)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``posterior.nc`` (ArviZ netCDF) and ``unconstrained.eqx`` (equinox
+        serialisation of the sampled free arrays) into ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        self.to_inference_data().to_netcdf(os.path.join(directory, "posterior.nc"))
+        eqx.tree_serialise_leaves(os.path.join(directory, "unconstrained.eqx"), self._samples)
+        with open(os.path.join(directory, "meta.json"), "w") as f:
+            json.dump({"num_chains": self.num_chains, "num_draws": self.num_draws}, f)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model: PyTree) -> "Posterior":
+        """Read what :meth:`save` wrote; ``model`` gives the structure (any values)."""
+        from ._arviz import import_arviz
+
+        az = import_arviz()
+        with open(os.path.join(directory, "meta.json")) as f:
+            meta = json.load(f)
+        params, static = partition(model)
+        like = jax.tree_util.tree_map(
+            lambda x: jnp.zeros((meta["num_chains"], meta["num_draws"], *x.shape), x.dtype), params
+        )
+        samples = eqx.tree_deserialise_leaves(os.path.join(directory, "unconstrained.eqx"), like)
+        idata = az.from_netcdf(os.path.join(directory, "posterior.nc"))
+        stats = {k: np.asarray(v) for k, v in idata.sample_stats.data_vars.items()} if "sample_stats" in idata else {}
+        loglik = (
+            {k: np.asarray(v) for k, v in idata.log_likelihood.data_vars.items()} if "log_likelihood" in idata else None
+        )
+        return cls(model, static, samples, stats, log_likelihood_values=loglik)
+
+    def __repr__(self) -> str:
+        div = int(np.sum(self.sample_stats.get("diverging", 0)))
+        return f"Posterior(num_chains={self.num_chains}, num_draws={self.num_draws}, divergences={div})"
