@@ -46,8 +46,9 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
         )
     try:
         out = jax.eval_shape(lambda p: log_joint(unwrap(eqx.combine(p, static)), *args), params)
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise type(e)(f"{what}: log_joint(unwrap(model), *args) failed while tracing: {e}") from e
+    except Exception as e:
+        e.add_note(f"{what}: raised by log_joint(unwrap(model), *args) while checking its output shape.")
+        raise
     shape = getattr(out, "shape", None)
     if shape != ():
         raise ValueError(
