@@ -26,6 +26,7 @@ from ._bijector import (
 from ._constraint import Clamp, Constraint, NonNegative, apply, contains_constraints, finalize
 from ._density import log_density, log_prior, partition
 from ._sample import Posterior, sample
+from . import blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from ._unwrappable import (
     NonTrainable,
     Parameterize,
