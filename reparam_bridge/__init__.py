@@ -27,6 +27,7 @@ from ._constraint import Clamp, Constraint, NonNegative, apply, contains_constra
 from ._density import log_density, log_prior, partition
 from ._sample import Posterior, sample
 from . import blackjax  # the adapter; BlackJAX itself is imported by the user, never here
+from . import numpyro  # the submodule rb.numpyro; inside the package `import numpyro` is NumPyro
 from ._unwrappable import (
     NonTrainable,
     Parameterize,
