@@ -381,6 +381,16 @@ class Bounded(_NamedBijector):
         return T.biject_to(self.support())
 
 
+def _check_open_simplex(name: str, value: Array) -> None:
+    # NumPyro's simplex support is closed and its inverse stick-breaking clips, so a 0 in the
+    # last entry would otherwise pass as an unconstrained value of about ±87.
+    if not bool(jnp.all(value > 0)):
+        raise ValueError(
+            f"{name}: every entry must be > 0; a 0 lies on the boundary of the simplex, where the "
+            f"unconstrained image is infinite: {np.asarray(value)}. Move it inside."
+        )
+
+
 class Simplex(_NamedBijector):
     """A probability vector (last axis sums to one), NumPyro's stick-breaking map;
     the log-Jacobian is with respect to all but the last coordinate.
@@ -401,6 +411,7 @@ class Simplex(_NamedBijector):
         super()._check_value(value)
         if value.shape[-1] < 2:
             raise ValueError(f"Simplex: the last axis needs at least 2 entries, got shape {value.shape}.")
+        _check_open_simplex("Simplex", value)
 
     def transform(self) -> T.Transform:
         return T.StickBreakingTransform()
@@ -633,10 +644,14 @@ class PositiveDefinite(_SquareMatrixBijector):
 
 class _ZeroSumTransform(T.ZeroSumTransform):
     # NumPyro's map is an isometry onto the zero-sum hyperplane (log-det 0 w.r.t. its surface
-    # measure). Our convention measures the first n-1 coordinates, which adds log(1/√n).
+    # measure). Our convention measures the first n-1 coordinates, which adds log(1/√n); over
+    # k zero-sum axes (sizes nᵢ = mᵢ + 1) the map is a Kronecker product, so each axis adds
+    # log(1/√nᵢ) once per free entry of the other axes.
     def log_abs_det_jacobian(self, x, y, intermediates=None):
-        n = x.shape[-1] + 1
-        return jnp.zeros(x.shape[:-1], dtype=x.dtype) - 0.5 * jnp.log(n)
+        m = x.shape[x.ndim - self.transform_ndims:]
+        size = int(np.prod(m))
+        total = sum(-0.5 * np.log(mi + 1) * (size // mi) for mi in m)
+        return jnp.full(x.shape[: x.ndim - self.transform_ndims], total, dtype=x.dtype)
 
 
 class ZeroSum(_NamedBijector):
@@ -704,5 +719,12 @@ class Constrained(_NamedBijector):
     def support(self) -> constraints.Constraint:
         return self.constraint
 
+    def _check_value(self, value: Array) -> None:
+        super()._check_value(value)
+        if isinstance(self.constraint, constraints._Simplex):
+            _check_open_simplex("Constrained", value)
+
     def transform(self) -> T.Transform:
+        if isinstance(self.constraint, constraints._ZeroSum):  # keep the log-Jacobian convention
+            return _ZeroSumTransform(self.constraint.event_dim)
         return T.biject_to(self.constraint)
