@@ -27,6 +27,7 @@ from ._constraint import Clamp, Constraint, NonNegative, apply, contains_constra
 from ._density import log_density, log_prior, partition
 from ._fit import FitResult, fit, map_estimate
 from ._laplace import LaplaceResult, laplace
+from ._locscale import LocScale, reparameterize
 from ._sample import Posterior, sample
 from . import blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import numpyro  # the submodule rb.numpyro; inside the package `import numpyro` is NumPyro
@@ -43,10 +44,13 @@ from ._unwrappable import (
     unwrap,
 )
 
+from . import geometry  # rb.geometry: curvature, compare, plots
+
 __version__ = "0.1.0"
 
 __all__ = [
     "FitResult", "LaplaceResult", "fit", "laplace", "map_estimate",
+    "LocScale", "geometry", "reparameterize",
     "Bijector", "Bounded", "Posterior", "sample", "Clamp", "Constrained", "Constraint", "CorrCholesky", "CorrMatrix",
     "CovCholesky", "NonNegative", "NonTrainable", "Ordered", "Parameterize", "Positive",
     "PositiveDefinite", "PositiveOrdered", "Real", "Ref", "Simplex", "SkewSymmetric", "Symmetric",

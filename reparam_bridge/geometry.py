@@ -1,0 +1,503 @@
+"""Posterior geometry: curvature at the mode, side-by-side sampler comparisons of
+parameterisations, and the plots that go with them.
+
+The density studied is always the one the sampler sees: ``rb.log_density(..., jacobian=True)``
+over the free (unconstrained) arrays. Swapping one wrapper for another (say
+``rb.LocScale(..., centered=1.0)`` for ``centered=0.0``) changes that density's geometry and
+nothing else, and these tools measure the change.
+
+Example:
+    >>> import jax.numpy as jnp, numpyro.distributions as dist
+    >>> import reparam_bridge as rb
+    >>> model = {"x": rb.Real(jnp.zeros(2))}
+    >>> log_joint = lambda m: dist.Normal(0.0, jnp.array([1.0, 10.0])).log_prob(m["x"]).sum()
+    >>> report = rb.geometry.curvature(model, log_joint, at=model)
+    >>> round(report.condition_number, 2), report.largest[0][0], report.smallest[0][0]
+    (100.0, 'x.unconstrained[0]', 'x.unconstrained[1]')
+"""
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import PRNGKeyArray, PyTree
+
+from ._arviz import draws_to_dict, import_arviz, to_inference_data
+from ._density import check_bijective, log_density, partition
+
+__all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers"]
+
+
+def coordinate_names(params: PyTree) -> list[str]:
+    """One name per entry of ``ravel_pytree(params)``: ``"tau.unconstrained"``, ``"w[0,1]"``."""
+    from ._paths import path_to_str
+
+    names = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        base = path_to_str(path)
+        shape = np.shape(leaf)
+        names.extend([base] if shape == () else [f"{base}[{','.join(map(str, i))}]" for i in np.ndindex(*shape)])
+    return names
+
+
+def _dominant(vector: np.ndarray, names: Sequence[str], top: int, mass: float = 0.9) -> list[tuple[str, float]]:
+    """The coordinates carrying most of a unit eigenvector's squared weight (at most ``top``,
+    stopping once ``mass`` of the weight is covered)."""
+    w = np.asarray(vector) ** 2
+    order = np.argsort(-w)
+    out, covered = [], 0.0
+    for i in order[:top]:
+        out.append((names[i], float(w[i])))
+        covered += float(w[i])
+        if covered >= mass:
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """What :func:`curvature` returns: the negative Hessian ``H`` of the unconstrained
+    log-density at ``at`` (the precision of the Laplace approximation) and its spectrum.
+
+    Attributes:
+        at: the wrapped model the Hessian was taken at.
+        names: one label per free coordinate (dotted path, then element index).
+        hessian: ``H = -∇² log p``, ``(n, n)`` float64, in the order of ``names``.
+        eigenvalues: of ``H``, ascending (curvatures; ``1/sqrt`` is a posterior sd along
+            the eigen-direction).
+        eigenvectors: columns matching ``eigenvalues``.
+        condition_number: ``λ_max / λ_min`` (``inf`` if ``H`` is not positive definite, i.e.
+            ``at`` is not a mode).
+        largest, smallest: ``(name, weight)`` of the coordinates that dominate the stiffest
+            and the flattest eigen-directions (weights are squared eigenvector entries, sum 1).
+        grad_norm: norm of the gradient of ``log p`` at ``at`` (~0 at a mode).
+    """
+
+    at: PyTree
+    names: tuple[str, ...]
+    hessian: np.ndarray
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    condition_number: float
+    largest: list[tuple[str, float]] = field(default_factory=list)
+    smallest: list[tuple[str, float]] = field(default_factory=list)
+    grad_norm: float = 0.0
+
+    def __str__(self) -> str:
+        fmt = lambda d: ", ".join(f"{n} ({w:.0%})" for n, w in d)  # noqa: E731
+        lines = [
+            f"curvature of the unconstrained log-density ({len(self.names)} coordinates, |grad| = {self.grad_norm:.2g})",
+            f"  eigenvalues: min {self.eigenvalues[0]:.4g}, max {self.eigenvalues[-1]:.4g}",
+            f"  condition number: {self.condition_number:.4g}",
+            f"  stiffest direction (largest eigenvalue): {fmt(self.largest)}",
+            f"  flattest direction (smallest eigenvalue): {fmt(self.smallest)}",
+        ]
+        if not self.eigenvalues[0] > 0:
+            lines.append("  not positive definite: this point is not a mode (a saddle, a ridge or a funnel neck)")
+        return "\n".join(lines)
+
+
+def curvature(
+    model: PyTree,
+    log_joint: Callable[..., Any],
+    *args: Any,
+    at: PyTree | None = None,
+    top: int = 3,
+    **map_kwargs: Any,
+) -> Curvature:
+    """Hessian of the unconstrained log-density (``jacobian=True``) at its mode, its
+    eigenvalues, condition number and the parameters along the worst directions.
+
+    Args:
+        model: the wrapped model.
+        log_joint: ``log_joint(unwrapped_model, *args)``.
+        at: where to take the Hessian (a wrapped model of the same structure). Default: the
+            mode found by ``rb.map_estimate(model, log_joint, *args, jacobian=True,
+            **map_kwargs)``. Some densities have no mode — the centred funnel of a
+            hierarchical model grows without bound as the scale goes to 0 — and then there is
+            no curvature to report; use :func:`compare` (draws) instead.
+        top: at most this many coordinates are listed per worst direction.
+
+    For a Gaussian posterior ``N(m, Σ)`` over the free arrays, ``hessian`` is ``Σ⁻¹`` and
+    ``condition_number`` is the condition number of ``Σ``.
+
+    Example:
+        >>> import jax.numpy as jnp, numpyro.distributions as dist
+        >>> import reparam_bridge as rb
+        >>> model = {"s": rb.Positive(1.0, prior=dist.LogNormal(0.0, 0.1)), "x": rb.Real(0.0)}
+        >>> log_joint = lambda m: dist.Normal(0.0, 2.0).log_prob(m["x"])
+        >>> report = rb.geometry.curvature(model, log_joint, progress_bar=False)
+        >>> round(report.condition_number)  # precisions 1/0.1² and 1/2²
+        400
+    """
+    check_bijective(model, "geometry.curvature")
+    if at is None:
+        from ._fit import map_estimate
+
+        at = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
+    elif map_kwargs:
+        raise TypeError(f"curvature(at=...) takes no optimiser arguments, got {sorted(map_kwargs)}.")
+    params, static = partition(at)
+    flat, unravel = ravel_pytree(params)
+    names = tuple(coordinate_names(params))
+
+    def log_p(x):
+        return log_density(log_joint, eqx.combine(unravel(x), static), *args, jacobian=True)
+
+    grad, hess = jax.jit(lambda x: (jax.grad(log_p)(x), jax.hessian(log_p)(x)))(flat)
+    H = -np.asarray(hess, dtype=np.float64)
+    if not np.all(np.isfinite(H)):
+        bad = sorted({names[i] for i in np.argwhere(~np.isfinite(H))[:, 0]})
+        raise ValueError(f"geometry.curvature: the Hessian is not finite at the given point (coordinates {bad}).")
+    H = 0.5 * (H + H.T)
+    eigenvalues, eigenvectors = np.linalg.eigh(H)
+    lo, hi = eigenvalues[0], eigenvalues[-1]
+    cond = float(hi / lo) if lo > 0 else math.inf
+    return Curvature(
+        at=at,
+        names=names,
+        hessian=H,
+        eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors,
+        condition_number=cond,
+        largest=_dominant(eigenvectors[:, -1], names, top),
+        smallest=_dominant(eigenvectors[:, 0], names, top),
+        grad_norm=float(np.linalg.norm(np.asarray(grad))),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# diagnostics of one run
+
+
+def _per_element(draws: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Every scalar quantity as a ``(chain, draw)`` array."""
+    out = []
+    for arr in draws.values():
+        arr = np.asarray(arr, dtype=np.float64)
+        out.extend(np.moveaxis(arr.reshape(*arr.shape[:2], -1), -1, 0))
+    return out
+
+
+def _az_stat(fn_name: str, x: np.ndarray, **kwargs: Any) -> float:
+    az = import_arviz()
+    try:
+        return float(np.asarray(getattr(az, fn_name)(x, **kwargs)))
+    except Exception:  # noqa: BLE001 - ArviZ >= 1.0 moved the array functions
+        import arviz_stats  # type: ignore[import-not-found]
+
+        return float(np.asarray(getattr(arviz_stats, fn_name)(x, chain_axis=0, draw_axis=1, **kwargs)))
+
+
+def _condition_numbers(posterior: Any) -> tuple[float, float]:
+    """Condition numbers of the covariance and of the correlation matrix of the unconstrained
+    draws (the latter is what NUTS sees after adapting its diagonal mass matrix)."""
+    leaves = jax.tree_util.tree_leaves(partition(posterior.unconstrained)[0])
+    z = np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0] * x.shape[1], -1) for x in leaves], axis=1)
+    if z.shape[1] == 1:
+        return 1.0, 1.0
+    cov = np.cov(z, rowvar=False)
+    sd = np.sqrt(np.diag(cov))
+    corr = cov / np.outer(sd, sd)
+    out = []
+    for m in (cov, corr):
+        ev = np.linalg.eigvalsh(m)
+        out.append(float(ev[-1] / ev[0]) if ev[0] > 0 else math.inf)
+    return out[0], out[1]
+
+
+def summarize(posterior: Any, seconds: float = math.nan) -> dict[str, float]:
+    """The row :func:`compare` reports for one :class:`~reparam_bridge.Posterior`."""
+    draws = draws_to_dict(posterior.model, posterior.draws)
+    elems = _per_element(draws)
+    ess_bulk = [_az_stat("ess", x, method="bulk") for x in elems]
+    ess_tail = [_az_stat("ess", x, method="tail") for x in elems]
+    rhat = [_az_stat("rhat", x) for x in elems]
+    stats = posterior.sample_stats
+    n_grad = int(np.sum(stats["n_steps"]))
+    min_bulk = float(np.nanmin(ess_bulk))
+    cond, cond_scaled = _condition_numbers(posterior)
+    return {
+        "divergences": int(np.sum(stats["diverging"])),
+        "min_ess_bulk": min_bulk,
+        "min_ess_tail": float(np.nanmin(ess_tail)),
+        "ess_per_grad": min_bulk / max(n_grad, 1),
+        "ess_per_second": min_bulk / seconds if seconds > 0 else math.nan,
+        "step_size": float(np.mean(stats["step_size"])),
+        "mean_tree_depth": float(np.mean(stats["tree_depth"])),
+        "max_rhat": float(np.nanmax(rhat)),
+        "condition_number": cond,
+        "condition_number_scaled": cond_scaled,
+        "n_grad": n_grad,
+        "seconds": seconds,
+    }
+
+
+def _table(rows: dict[str, dict[str, float]]) -> Any:
+    columns: dict[str, list] = {"label": list(rows)}
+    for row in rows.values():
+        for k, v in row.items():
+            columns.setdefault(k, []).append(v)
+    try:
+        import pandas as pd
+    except ImportError:
+        return columns
+    return pd.DataFrame(columns).set_index("label")
+
+
+def compare(
+    models: Mapping[str, tuple[PyTree, Callable[..., Any]]],
+    *args: Any,
+    key: PRNGKeyArray,
+    baseline: str | None = None,
+    return_posteriors: bool = False,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    progress_bar: bool = False,
+    **sample_kwargs: Any,
+) -> Any:
+    """Sample each parameterisation with ``rb.sample`` under identical settings (same key,
+    same warmup, same kernel options) and tabulate how well each one sampled.
+
+    Args:
+        models: ``{label: (wrapped_model, log_joint)}``, e.g. the same hierarchical model
+            with ``rb.LocScale(..., centered=1.0)`` and ``centered=0.0``.
+        *args: data, passed to every ``log_joint``.
+        key: one PRNG key, used for every run.
+        baseline: label that ``ess_per_grad_ratio`` is relative to (default: the first).
+        return_posteriors: also return ``{label: Posterior}``.
+        num_warmup, num_samples, num_chains, progress_bar, **sample_kwargs: ``rb.sample``'s.
+
+    Returns:
+        A table, one row per label — a ``pandas.DataFrame`` indexed by label when pandas is
+        importable, else a dict of columns (with a ``"label"`` column) — with columns
+
+        - ``divergences``: divergent transitions after warmup;
+        - ``min_ess_bulk`` / ``min_ess_tail``: smallest ArviZ bulk / tail ESS over every
+          scalar of the *constrained* values (comparable across parameterisations);
+        - ``ess_per_grad``: ``min_ess_bulk`` per gradient evaluation, counting the leapfrog
+          steps of the **sampling** phase only (``n_steps``; NumPyro does not report warmup
+          steps), and ``ess_per_grad_ratio``, that divided by the baseline's;
+        - ``ess_per_second``: ``min_ess_bulk`` over the wall time of the whole ``rb.sample``
+          call (compilation and warmup included);
+        - ``step_size`` (mean over chains), ``mean_tree_depth``, ``max_rhat``;
+        - ``condition_number``: of the covariance of the unconstrained draws (for a Gaussian
+          posterior this is the Hessian's, see :func:`curvature`; unlike the Hessian it exists
+          where the density has no mode, like a centred funnel), and
+          ``condition_number_scaled``: of their correlation matrix, what NUTS faces after
+          adapting its diagonal mass matrix;
+        - ``n_grad`` and ``seconds``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as dist
+        >>> import reparam_bridge as rb
+        >>> def log_joint(m):
+        ...     return dist.Normal(0.0, 1.0).log_prob(m["x"]).sum()
+        >>> models = {"a": ({"x": rb.Real(jnp.zeros(2))}, log_joint)}
+        >>> table = rb.geometry.compare(models, key=jax.random.key(0), num_warmup=100,
+        ...                             num_samples=100, num_chains=2)
+        >>> list(table.index), int(table.loc["a", "divergences"])
+        (['a'], 0)
+    """
+    from ._sample import sample
+
+    if not models:
+        raise ValueError("compare: give at least one {label: (model, log_joint)}.")
+    rows, posteriors = {}, {}
+    for label, pair in models.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2 and callable(pair[1])):
+            raise TypeError(f"compare: models[{label!r}] must be a (wrapped_model, log_joint) pair.")
+        model, log_joint = pair
+        start = time.perf_counter()
+        post = sample(
+            model, log_joint, *args, key=key, num_warmup=num_warmup, num_samples=num_samples,
+            num_chains=num_chains, progress_bar=progress_bar, **sample_kwargs,
+        )
+        jax.block_until_ready(jax.tree_util.tree_leaves(partition(post.unconstrained)[0]))
+        seconds = time.perf_counter() - start
+        rows[label] = summarize(post, seconds)
+        posteriors[label] = post
+    base = rows[baseline if baseline is not None else next(iter(rows))]
+    for row in rows.values():
+        row["ess_per_grad_ratio"] = row["ess_per_grad"] / base["ess_per_grad"] if base["ess_per_grad"] > 0 else math.inf
+    table = _table(rows)
+    return (table, posteriors) if return_posteriors else table
+
+
+# ----------------------------------------------------------------------------------------
+# plots
+
+
+_SPEC = re.compile(r"^(?:(log)\((?P<inner>.+)\)|(?P<plain>.+))$")
+_INDEX = re.compile(r"^(?P<name>[^\[\]]+)(?:\[(?P<idx>[0-9,\s]+)\])?$")
+
+
+def _posterior_arrays(posterior: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """``{name: (chain, draw, ...)}`` and ``diverging`` from a Posterior or an InferenceData."""
+    if hasattr(posterior, "draws") and hasattr(posterior, "sample_stats"):
+        draws = draws_to_dict(posterior.model, posterior.draws)
+        div = posterior.sample_stats.get("diverging")
+        return draws, None if div is None else np.asarray(div, dtype=bool)
+    group = posterior["posterior"] if not hasattr(posterior, "posterior") else posterior.posterior
+    draws = {str(k): np.asarray(v) for k, v in group.data_vars.items()}
+    div = None
+    stats = getattr(posterior, "sample_stats", None)
+    if stats is not None and "diverging" in stats:
+        div = np.asarray(stats["diverging"], dtype=bool)
+    return draws, div
+
+
+def _select(draws: Mapping[str, np.ndarray], spec: str) -> np.ndarray:
+    """``"tau"``, ``"theta[0]"``, ``"log(tau)"``, ``"L[1,0]"`` → a ``(chain, draw)`` array."""
+    m = _SPEC.match(spec.strip())
+    take_log = m.group("inner") is not None
+    body = (m.group("inner") or m.group("plain")).strip()
+    mi = _INDEX.match(body)
+    if mi is None or mi.group("name") not in draws:
+        raise ValueError(f"plot: no variable {spec!r}; the posterior has {sorted(draws)} "
+                         "(select elements as 'theta[0]', take logs as 'log(tau)').")
+    arr = np.asarray(draws[mi.group("name")])
+    if mi.group("idx"):
+        idx = tuple(int(i) for i in mi.group("idx").split(","))
+        try:
+            arr = arr[(slice(None), slice(None), *idx)]
+        except IndexError:
+            raise ValueError(f"plot: index {idx} out of range for {mi.group('name')!r} of shape {arr.shape[2:]}.") from None
+    if arr.ndim != 2:
+        raise ValueError(f"plot: {spec!r} has shape {arr.shape[2:]} per draw; select one element, e.g. "
+                         f"'{mi.group('name')}[0]'.")
+    if take_log:
+        if not np.all(arr > 0):
+            raise ValueError(f"plot: {spec!r} takes the log of a quantity that is not positive.")
+        arr = np.log(arr)
+    return arr
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_pair(
+    posterior: Any,
+    var_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> str:
+    """Scatter of every pair of ``var_names`` with divergent transitions marked (ArviZ
+    ``plot_pair(divergences=True)``), written to the PNG ``path``.
+
+    ``var_names`` entries are variable names as in ``to_inference_data()`` (``"mu"``),
+    elements (``"theta[0]"``) or logs (``"log(tau)"``, the funnel's natural axis).
+    ``posterior`` is a :class:`~reparam_bridge.Posterior` or an ArviZ ``InferenceData``.
+    Returns ``path``.
+    """
+    az = import_arviz()
+    plt = _pyplot()
+    if len(var_names) < 2:
+        raise ValueError("plot_pair: give at least two var_names.")
+    draws, div = _posterior_arrays(posterior)
+    selected = {spec: _select(draws, spec) for spec in var_names}
+    chains, n = next(iter(selected.values())).shape
+    div = np.zeros((chains, n), dtype=bool) if div is None else div
+    idata = to_inference_data(selected, sample_stats={"diverging": div})
+    size = 2.2 + 2.3 * (len(var_names) - 1)
+    ax = az.plot_pair(
+        idata, var_names=list(var_names), divergences=True, kind="scatter", figsize=(size, size),
+        scatter_kwargs={"alpha": 0.35, "s": 6},
+        divergences_kwargs={"color": "red", "marker": "o", "markersize": 5, "markeredgecolor": "k",
+                            "alpha": 0.9},
+    )
+    fig = np.ravel(ax)[0].get_figure()
+    n_div = int(div.sum())
+    fig.suptitle((title + "\n" if title else "") + f"{n_div} divergent transition(s) marked in red", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_trace(
+    posterior: Any,
+    path: str | os.PathLike,
+    var_names: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+) -> str:
+    """ArviZ trace plot (density and trace per variable, divergences as ticks at the bottom
+    of the traces), with labelled axes, written to the PNG ``path``. Returns ``path``."""
+    az = import_arviz()
+    plt = _pyplot()
+    draws, div = _posterior_arrays(posterior)
+    if var_names is not None:
+        draws = {spec: _select(draws, spec) if spec not in draws else draws[spec] for spec in var_names}
+    stats = {"diverging": div} if div is not None else None
+    idata = to_inference_data(draws, sample_stats=stats)
+    axes = np.atleast_2d(az.plot_trace(idata, compact=True, figsize=(10, 2.0 * len(draws) + 0.5)))
+    for row in axes:
+        name = row[0].get_title()
+        row[0].set_xlabel(name or "value")
+        row[0].set_ylabel("density")
+        row[1].set_xlabel("draw (after warmup)")
+        row[1].set_ylabel(name or "value")
+    fig = axes[0, 0].get_figure()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_condition_numbers(table: Any, path: str | os.PathLike, *, title: str | None = None) -> str:
+    """Bars per parameterisation from a :func:`compare` table: the condition numbers (log
+    axis) and the min ESS per gradient evaluation, divergences written on the bars.
+    Returns ``path``."""
+    plt = _pyplot()
+    if hasattr(table, "index"):
+        labels = [str(i) for i in table.index]
+        col = lambda c: np.asarray(table[c], dtype=float)  # noqa: E731
+    else:
+        labels = [str(x) for x in table["label"]]
+        col = lambda c: np.asarray(table[c], dtype=float)  # noqa: E731
+    x = np.arange(len(labels))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(4 + 1.6 * len(labels), 3.8))
+    w = 0.38
+    ax1.bar(x - w / 2, col("condition_number"), w, label="covariance")
+    ax1.bar(x + w / 2, col("condition_number_scaled"), w, label="correlation (after diagonal mass matrix)")
+    ax1.set_yscale("log")
+    ax1.set_xticks(x, labels, rotation=20)
+    ax1.set_xlabel("parameterisation")
+    ax1.set_ylabel("condition number (unconstrained draws)")
+    ax1.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    bars = ax2.bar(x, col("ess_per_grad"), 0.6, color="C2")
+    for b, d in zip(bars, col("divergences")):
+        ax2.annotate(f"{int(d)} div.", (b.get_x() + b.get_width() / 2, b.get_height()),
+                     ha="center", va="bottom", fontsize=8)
+    ax2.set_xticks(x, labels, rotation=20)
+    ax2.set_xlabel("parameterisation")
+    ax2.set_ylabel("min bulk ESS per gradient evaluation")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
