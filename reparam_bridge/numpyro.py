@@ -159,8 +159,12 @@ def random_module(name: str, module: PyTree, prior: PriorSpec = None) -> PyTree:
             outside wrappers (``"linear.weight"``) and of wrapped values (``"lengthscale"``,
             the *constrained* value). A prior given here replaces one attached with ``prior=``.
 
-    Note: the factor sites are observed sites to NumPyro, so ``az.from_numpyro`` lists them in
-    ``log_likelihood``; pass ``var_name=`` (your observed site) to ``az.loo``/``az.waic``.
+    Note: wrapped arrays are improper flat sites, so ``Predictive(model, num_samples=...)``
+    (prior sampling) works only when every free array sits outside wrappers and has a prior
+    here; with posterior samples, autoguides (whose default init falls back to
+    ``init_to_uniform``) and MCMC everything works. The factor sites are observed sites to
+    NumPyro, so ``az.from_numpyro`` lists them in ``log_likelihood``; pass ``var_name=`` (your
+    observed site) to ``az.loo``/``az.waic``.
     To start MCMC from the module's current values use
     ``init_strategy=numpyro.infer.init_to_value(values=rb.numpyro.init_values(name, module))``.
 

@@ -1,6 +1,6 @@
 """rb.numpyro.random_module / module inside ordinary NumPyro models (real NumPyro, ArviZ, optax).
 
-Cost on 2 CPU cores: about 40 s for the default tests, plus about 40 s for the slow
+Cost on 2 CPU cores (idle): about 50 s CPU for the default tests, plus about 35 s for the slow
 MCMC-vs-rb.sample agreement test.
 """
 
@@ -199,7 +199,7 @@ def test_nested_bijectors_refs_and_root(x64):
 def gp_mcmc():
     x, y = data()
     kernel = make_kernel()
-    mcmc = MCMC(NUTS(make_model(kernel)), num_warmup=250, num_samples=250, num_chains=2,
+    mcmc = MCMC(NUTS(make_model(kernel)), num_warmup=200, num_samples=200, num_chains=2,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(0), x, y)
     return mcmc, kernel
@@ -209,23 +209,22 @@ def test_mcmc_predictive_and_arviz(gp_mcmc):
     mcmc, kernel = gp_mcmc
     x, y = data()
     samples = mcmc.get_samples()
-    assert samples["gp.lengthscale"].shape == (500,) and samples["gp.mean.weight"].shape == (500, 1, 1)
+    assert samples["gp.lengthscale"].shape == (400,) and samples["gp.mean.weight"].shape == (400, 1, 1)
     assert bool(jnp.all(samples["gp.lengthscale"] > 0)) and bool(jnp.all(samples["gp.amplitude"] > 0))
     np.testing.assert_allclose(samples["gp.lengthscale"], jnp.exp(samples["gp.lengthscale.unconstrained"]), rtol=1e-5)
-    assert int(jnp.sum(mcmc.get_extra_fields()["diverging"])) < 10
+    assert int(jnp.sum(mcmc.get_extra_fields()["diverging"])) < 20  # < 5%
 
     # Predictive recomputes the deterministic sites and draws new y at new inputs
     x_new = jnp.linspace(0.0, 5.0, 7)
-    latent = {k: v for k, v in samples.items() if k.endswith("unconstrained") or k.startswith("gp.mean.")}
-    pred = Predictive(make_model(kernel), latent)(jax.random.key(1), x_new)
-    assert pred["y"].shape == (500, 7) and bool(jnp.all(jnp.isfinite(pred["y"])))
+    pred = Predictive(make_model(kernel), samples)(jax.random.key(1), x_new)
+    assert pred["y"].shape == (400, 7) and bool(jnp.all(jnp.isfinite(pred["y"])))
     np.testing.assert_allclose(pred["gp.lengthscale"], samples["gp.lengthscale"], rtol=1e-5)
 
     idata = az.from_numpyro(mcmc)
     post = idata.posterior
     for name in ("gp.lengthscale", "gp.amplitude", "gp.mean.weight", "gp.mean.bias", "gp.lengthscale.unconstrained"):
         assert name in post.data_vars, name
-    assert post["gp.lengthscale"].shape == (2, 250)
+    assert post["gp.lengthscale"].shape == (2, 200)
     assert "y" in idata.log_likelihood.data_vars
     summary = az.summary(idata, var_names=["gp.lengthscale", "gp.amplitude"])
     assert np.all(np.isfinite(summary["r_hat"]))
@@ -346,12 +345,14 @@ def test_posterior_agrees_with_rb_sample():
     constrained quantity's mean within 5 MCSE (ArviZ ESS) and sd within 10%."""
     x, y = data()
     kernel = make_kernel()
-    mcmc = MCMC(NUTS(make_model(kernel)), num_warmup=500, num_samples=1500, num_chains=4,
-                chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(NUTS(make_model(kernel), target_accept_prob=0.9), num_warmup=500, num_samples=1500,
+                num_chains=4, chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(11), x, y)
     native = mcmc.get_samples(group_by_chain=True)
     post = rb.sample(kernel, log_joint, x, y, key=jax.random.key(12), num_warmup=500, num_samples=1500,
-                     num_chains=4, chain_method="vectorized", progress_bar=False)
+                     num_chains=4, chain_method="vectorized", progress_bar=False, target_accept_prob=0.9)
+    assert int(np.sum(mcmc.get_extra_fields()["diverging"])) < 60  # < 1% of 6000
+    assert int(np.sum(post.sample_stats["diverging"])) < 60
     d = post.draws
     pairs = {
         "lengthscale": (native["gp.lengthscale"], d.lengthscale),
@@ -361,6 +362,7 @@ def test_posterior_agrees_with_rb_sample():
     }
     for name, (a, b) in pairs.items():
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert a.shape == b.shape == (4, 1500), (name, a.shape, b.shape)
         mcse = np.hypot(float(az.mcse(a, method="mean")), float(az.mcse(b, method="mean")))
         ess = min(float(az.ess(a)), float(az.ess(b)))
         assert ess > 300, (name, ess)
