@@ -69,37 +69,57 @@ def make_hand_loop(optimizer, steps):
     return run
 
 
+def cpu_timed(fn):
+    t = time.process_time()
+    block(fn())
+    return time.process_time() - t
+
+
 def bench_map(optimizer_name, steps, repeats, n_data=200):
+    """Steady-state wall and CPU time of ``steps`` steps, compile time, and, from a second
+    run of ``steps // 10``, the per-step cost and the fixed cost of one call."""
     x = jnp.linspace(0.5, 5.0, n_data)
     y = 2.5 * x**1.7 + 0.3 * jax.random.normal(jax.random.key(0), x.shape)
     optimizer = {"adam": optax.adam(1e-2), "lbfgs": optax.lbfgs()}[optimizer_name]
     model = PowerLaw(rb.Positive(1.0), rb.Real(1.0), rb.Positive(1.0))
     raw = (jnp.array(0.0), jnp.array(1.0), jnp.array(0.0))
-    hand = make_hand_loop(optimizer, steps)
+    short = max(steps // 10, 1)
+    hands = {steps: make_hand_loop(optimizer, steps), short: make_hand_loop(optimizer, short)}
 
-    def bridge_call():
-        return rb.map_estimate(model, log_joint, x, y, optimizer=optimizer, steps=steps, progress_bar=False)
+    def call(side, n):
+        if side == "bridge":
+            return lambda: rb.map_estimate(model, log_joint, x, y, optimizer=optimizer, steps=n,
+                                           progress_bar=False)
+        return lambda: hands[n](raw, x, y)
 
-    def hand_call():
-        return hand(raw, x, y)
-
-    # first calls: trace + compile + one run
-    first = {"bridge": timed(bridge_call), "hand": timed(hand_call)}
-    times = {"bridge": [], "hand": []}
+    first = {side: timed(call(side, steps)) for side in ("bridge", "hand")}  # trace+compile+run
+    for side in ("bridge", "hand"):
+        timed(call(side, short))
+    wall = {"bridge": [], "hand": []}
+    cpu = {(side, n): [] for side in ("bridge", "hand") for n in (steps, short)}
     for r in range(repeats):
         order = ("bridge", "hand") if r % 2 == 0 else ("hand", "bridge")
         for side in order:
-            times[side].append(timed(bridge_call if side == "bridge" else hand_call))
-    steady = {k: statistics.median(v) for k, v in times.items()}
+            wall[side].append(timed(call(side, steps)))
+            for n in (steps, short):
+                cpu[side, n].append(cpu_timed(call(side, n)))
+    med = lambda v: statistics.median(v)  # noqa: E731
+    steady = {k: med(v) for k, v in wall.items()}
+    c = {k: med(v) for k, v in cpu.items()}
+    per_step = {side: (c[side, steps] - c[side, short]) / (steps - short) for side in ("bridge", "hand")}
+    fixed = {side: c[side, short] - per_step[side] * short for side in ("bridge", "hand")}
     compile_ = {k: first[k] - steady[k] for k in first}
-    # same answer?
-    b = rb.unwrap(bridge_call().model)
-    h = hand_call()[0]
+    b = rb.unwrap(call("bridge", steps)().model)
+    h = call("hand", steps)()[0]
     agree = abs(float(b.power) - float(h[1])) < 1e-3
     return {
         "case": f"map_estimate {optimizer_name} x{steps}",
         "bridge_s": steady["bridge"], "hand_s": steady["hand"],
         "ratio": steady["bridge"] / steady["hand"],
+        "cpu_ratio": c["bridge", steps] / c["hand", steps],
+        "step_ratio": per_step["bridge"] / per_step["hand"],
+        "step_us": (per_step["bridge"] * 1e6, per_step["hand"] * 1e6),
+        "fixed_ms": (fixed["bridge"] * 1e3, fixed["hand"] * 1e3),
         "compile_ratio": compile_["bridge"] / compile_["hand"],
         "bridge_compile_s": compile_["bridge"], "hand_compile_s": compile_["hand"],
         "agree": agree,
@@ -165,11 +185,15 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
           f"jax {jax.__version__}, optax {optax.__version__}")
     rows = [bench_map("adam", steps, repeats), bench_map("lbfgs", steps // 10, repeats)]
-    print("\n(a) map_estimate vs hand-written optax loop (jit + lax.scan on raw arrays)")
-    print(f"{'case':32s} {'bridge s':>10s} {'hand s':>10s} {'ratio':>7s} {'compile b/h (s)':>18s} {'ratio':>7s}  same optimum")
+    print("\n(a) map_estimate vs hand-written optax loop (jit + lax.scan on raw arrays); "
+          "ratios bridge/hand, medians")
+    print(f"{'case':26s} {'wall b/h (ms)':>15s} {'wall':>6s} {'cpu':>6s} {'per-step b/h (us)':>18s} "
+          f"{'step':>6s} {'fixed b/h (ms)':>15s} {'compile b/h (s)':>16s} {'compile':>7s}  same optimum")
     for r in rows:
-        print(f"{r['case']:32s} {r['bridge_s']:10.4f} {r['hand_s']:10.4f} {r['ratio']:7.3f} "
-              f"{r['bridge_compile_s']:8.3f}/{r['hand_compile_s']:<8.3f} {r['compile_ratio']:7.2f}  {r['agree']}")
+        print(f"{r['case']:26s} {r['bridge_s'] * 1e3:7.2f}/{r['hand_s'] * 1e3:<7.2f} {r['ratio']:6.3f} "
+              f"{r['cpu_ratio']:6.3f} {r['step_us'][0]:8.2f}/{r['step_us'][1]:<9.2f} {r['step_ratio']:6.3f} "
+              f"{r['fixed_ms'][0]:7.3f}/{r['fixed_ms'][1]:<7.3f} {r['bridge_compile_s']:7.2f}/"
+              f"{r['hand_compile_s']:<8.2f} {r['compile_ratio']:7.2f}  {r['agree']}")
     print("\n(b) jitted forward pass, wrapped vs plain Equinox MLP (64-256-256-256-8, batch 256)")
     print(f"{'case':32s} {'bridge s':>10s} {'plain s':>10s} {'ratio':>7s}")
     for name in ("Real", "Positive"):

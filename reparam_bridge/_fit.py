@@ -8,11 +8,10 @@ length (when the chunk size does not divide the steps, the last chunk is padded 
 extra steps masked), so a run compiles exactly once.
 """
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -53,17 +52,18 @@ def _default_adam() -> optax.GradientTransformation:
     return _DEFAULT_ADAM[0]
 
 
-class _UnwrappedLoss(eqx.Module):
-    # ``loss_fn(unwrap(model), *args)``; a Module so equal wrappers hash equal (jit cache).
-    loss_fn: Callable = eqx.field(static=True)
+class _UnwrappedLoss(NamedTuple):
+    # ``loss_fn(unwrap(model), *args)``; a NamedTuple so equal wrappers hash equal (jit
+    # cache) and cost nothing to build.
+    loss_fn: Callable
 
     def __call__(self, model, *args):
         return self.loss_fn(unwrap(model), *args)
 
 
-class _NegLogDensity(eqx.Module):
-    log_joint: Callable = eqx.field(static=True)
-    jacobian: bool = eqx.field(static=True)
+class _NegLogDensity(NamedTuple):
+    log_joint: Callable
+    jacobian: bool
 
     def __call__(self, model, *args):
         return -log_density(self.log_joint, model, *args, jacobian=self.jacobian)
@@ -111,17 +111,17 @@ def _all_finite(tree: PyTree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-class _Loop(eqx.Module):
+class _Loop(NamedTuple):
     """Everything static about a run; hashable, so equal runs share one compiled chunk."""
 
-    objective: Callable = eqx.field(static=True)
-    optimizer: Any = eqx.field(static=True)
-    batch_size: int | None = eqx.field(static=True)
-    n_data: int = eqx.field(static=True)
-    project: bool = eqx.field(static=True)
-    chunk: int = eqx.field(static=True)
-    masked: bool = eqx.field(static=True)
-    init: bool = eqx.field(static=True)  # initialise the optimiser state inside the chunk
+    objective: Callable
+    optimizer: Any
+    batch_size: int | None
+    n_data: int
+    project: bool
+    chunk: int
+    masked: bool
+    init: bool  # initialise the optimiser state inside the chunk
 
     def value_fn(self, params, static, batch):
         return self.objective(eqx.combine(params, static), *batch)
@@ -136,36 +136,41 @@ class _Loop(eqx.Module):
         params = optax.apply_updates(params, updates)
         if self.project:
             params = partition(apply(eqx.combine(params, static)))[0]
-        # 0 fine, 1 non-finite loss, 2 non-finite gradient
-        code = jnp.where(jnp.isfinite(value), jnp.where(_all_finite(grads), 0, 2), 1)
-        return params, opt_state, value, code
+        return params, opt_state, value
 
 
 def _chunk(loop: _Loop, static, params, opt_state, start, n_steps, key, args):
-    """``loop.chunk`` steps from global step ``start``. Without masking the carry is pure
-    optimiser state (no per-step bookkeeping, which costs as much as a small model's step);
-    the first non-finite step is found from the per-step codes. With ``masked`` (only for a
-    padded last chunk) steps at or beyond ``n_steps`` leave the state unchanged."""
+    """``loop.chunk`` steps from global step ``start``; steps at or beyond ``n_steps`` leave
+    the state unchanged when ``loop.masked`` (only a padded last chunk needs it).
+
+    The carry is the optimiser state alone: per-step bookkeeping in the carry (selecting
+    the old state after a failure) costs as much as a whole step of a small model. Failures
+    are found afterwards instead: the first non-finite loss of the chunk, or non-finite
+    parameters at its end (a non-finite gradient makes the next parameters non-finite with
+    every optax optimiser that does not filter NaNs); :func:`_diagnose` replays to say which.
+    Returns ``first_bad``: that step's index in the chunk, the number of steps run if only the
+    final parameters are bad, or -1."""
 
     if loop.init:
         opt_state = loop.optimizer.init(params)
 
     def body(carry, i):
         params, opt_state = carry
-        new_params, new_opt_state, value, code = loop.step(params, opt_state, static, args, key, i)
+        new_params, new_opt_state, value = loop.step(params, opt_state, static, args, key, i)
         if loop.masked:
             keep = i < n_steps
             new_params, new_opt_state = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(keep, a, b), (new_params, new_opt_state), (params, opt_state)
             )
-            code = jnp.where(keep, code, 0)
-        return (new_params, new_opt_state), (value, code)
+        return (new_params, new_opt_state), value
 
     steps = start + jnp.arange(loop.chunk, dtype=start.dtype)
-    (params, opt_state), (values, codes) = jax.lax.scan(body, (params, opt_state), steps)
-    bad = jnp.argmax(codes != 0)
-    first_bad = jnp.where(codes[bad] != 0, bad, -1)
-    return params, opt_state, values, first_bad, codes[bad]
+    (params, opt_state), values = jax.lax.scan(body, (params, opt_state), steps)
+    bad_value = ~jnp.isfinite(values) & (steps < n_steps)
+    first_bad = jnp.where(
+        jnp.any(bad_value), jnp.argmax(bad_value), jnp.where(_all_finite(params), -1, jnp.minimum(loop.chunk, n_steps - start))
+    )
+    return params, opt_state, values, first_bad
 
 
 class _Box(eqx.Module):
@@ -219,18 +224,39 @@ def _run_chunk(loop: _Loop, *inputs):
 _chunk_filter_jit = eqx.filter_jit(_chunk)
 
 
-def _nonfinite_paths(loop: _Loop, static, params, opt_state, start, bad, key, args) -> list[str]:
-    """Paths of the parameters whose gradient is non-finite at global step ``bad``: replay the
-    chunk from ``start`` up to ``bad`` (error path only, so one extra compile is fine)."""
-    replay = dataclasses.replace(loop, masked=True)  # same init flag: same opt_state input
-    params, *_ = _run_chunk(replay, static, params, opt_state, start, np.asarray(bad, start.dtype), key, args)
-    batch = _get_batch(args, key, jnp.asarray(bad), loop.batch_size, loop.n_data)
-    grads = jax.grad(loop.value_fn)(params, static, batch)
-    return [
-        path_to_str(path)
-        for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-        if not bool(jnp.all(jnp.isfinite(g)))
-    ]
+def _diagnose(loop: _Loop, static, params, opt_state, start: int, bad: int, values, key, args,
+              what: str) -> str:
+    """The error message for a failure found at global step ``bad`` of the chunk that began
+    at ``start`` with ``params``/``opt_state``: replay to step ``bad - 1`` (error path only,
+    so the extra compile is fine) and look at its gradient."""
+    prev = bad - 1
+    if prev >= start:
+        replay = loop._replace(masked=True)  # same init flag: same opt_state input
+        at, *_ = _run_chunk(replay, static, params, opt_state, np.asarray(start, np.int32),
+                            np.asarray(prev, np.int32), key, args)
+        batch = _get_batch(args, key, jnp.asarray(prev), loop.batch_size, loop.n_data)
+        value, grads = jax.value_and_grad(loop.value_fn)(at, static, batch)
+        paths = [
+            path_to_str(path)
+            for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+            if not bool(jnp.all(jnp.isfinite(g)))
+        ]
+        if paths:
+            return (
+                f"{what}: the gradient became non-finite at step {prev} (0-based; loss "
+                f"{float(value)}) for parameter(s) {paths}; no result is returned. Lower the "
+                "learning rate or reparameterise those parameters."
+            )
+    if bad - start < len(values) and not np.isfinite(float(values[bad - start])):
+        return (
+            f"{what}: the loss became non-finite ({float(values[bad - start])}) at step {bad} "
+            "(0-based); no result is returned. Check the data and the initial values, lower the "
+            "learning rate, or constrain the parameter that leaves its domain."
+        )
+    return (
+        f"{what}: the optimiser made the parameters non-finite at step {prev} (0-based) although "
+        "the loss and gradient were finite; no result is returned. Lower the learning rate."
+    )
 
 
 def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar,
@@ -275,28 +301,16 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
     try:
         for c in range(n_chunks):
             start = np.asarray(c * chunk, np.int32)
-            new_params, new_opt_state, values, first_bad, code = _run_chunk(
+            new_params, new_opt_state, values, first_bad = _run_chunk(
                 loop, static, params, opt_state, start, n_steps, key, args
             )
             first_bad = int(first_bad)
             if first_bad >= 0:
-                bad = c * chunk + first_bad
-                loss = float(values[first_bad])
-                if int(code) == 1:
-                    raise ValueError(
-                        f"{what}: the loss became non-finite ({loss}) at step {bad} (0-based); "
-                        "no result is returned. Check the data and the initial values, lower the "
-                        "learning rate, or constrain the parameter that leaves its domain."
-                    )
-                paths = _nonfinite_paths(loop, static, params, opt_state, start, bad, key, args)
-                raise ValueError(
-                    f"{what}: the gradient became non-finite at step {bad} (0-based; loss {loss}) "
-                    f"for parameter(s) {paths}; no result is returned. Lower the learning rate or "
-                    "reparameterise those parameters."
-                )
+                raise ValueError(_diagnose(loop, static, params, opt_state, c * chunk,
+                                           c * chunk + first_bad, values, key, args, what))
             params, opt_state = new_params, new_opt_state
             if loop.init and c + 1 < n_chunks:
-                loop = dataclasses.replace(loop, init=False)
+                loop = loop._replace(init=False)
             n = min(chunk, steps - c * chunk)
             losses.append(values if n == chunk else values[:n])
             if bar is not None:

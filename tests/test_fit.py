@@ -192,3 +192,10 @@ def test_errors():
         fit({"a": jnp.ones(2)}, lambda m: 0.0, steps=-1, progress_bar=False)
     res = fit({"a": jnp.ones(2)}, lambda m: jnp.sum(m["a"]), steps=0, progress_bar=False)
     assert res.losses.shape == (0,)
+
+
+def test_nonfinite_gradient_in_last_step_of_padded_chunk():
+    # the gradient turns NaN at step 4, the last one: only the final parameters show it
+    loss = lambda m: -m["w"] + jnp.sqrt(jnp.maximum(4.0 - m["w"], 0.0))  # noqa: E731
+    with pytest.raises(ValueError, match=r"gradient.*step 4 .*\['w'\]"):
+        fit({"w": jnp.array(0.0)}, loss, optimizer=optax.sgd(1.0), steps=5, chunk_size=3, progress_bar=False)
