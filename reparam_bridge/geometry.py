@@ -342,12 +342,20 @@ _SPEC = re.compile(r"^(?:(log)\((?P<inner>.+)\)|(?P<plain>.+))$")
 _INDEX = re.compile(r"^(?P<name>[^\[\]]+)(?:\[(?P<idx>[0-9,\s]+)\])?$")
 
 
-def _posterior_arrays(posterior: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """``{name: (chain, draw, ...)}`` and ``diverging`` from a Posterior or an InferenceData."""
+def _posterior_arrays(posterior: Any, unconstrained: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """``{name: (chain, draw, ...)}`` and ``diverging`` from a Posterior or an InferenceData;
+    with ``unconstrained``, the sampled free arrays of a Posterior, named by their paths."""
     if hasattr(posterior, "draws") and hasattr(posterior, "sample_stats"):
-        draws = draws_to_dict(posterior.model, posterior.draws)
+        if unconstrained:
+            from ._paths import leaves_with_paths
+
+            draws = {p: np.asarray(x) for p, x in leaves_with_paths(partition(posterior.unconstrained)[0])}
+        else:
+            draws = draws_to_dict(posterior.model, posterior.draws)
         div = posterior.sample_stats.get("diverging")
         return draws, None if div is None else np.asarray(div, dtype=bool)
+    if unconstrained:
+        raise TypeError("plot: unconstrained=True needs a Posterior (an InferenceData holds constrained values only).")
     group = posterior["posterior"] if not hasattr(posterior, "posterior") else posterior.posterior
     draws = {str(k): np.asarray(v) for k, v in group.data_vars.items()}
     div = None
@@ -406,6 +414,7 @@ def plot_pair(
     var_names: Sequence[str],
     path: str | os.PathLike,
     *,
+    unconstrained: bool = False,
     title: str | None = None,
 ) -> str:
     """Scatter of every pair of ``var_names`` with divergent transitions marked (ArviZ
@@ -414,13 +423,15 @@ def plot_pair(
     ``var_names`` entries are variable names as in ``to_inference_data()`` (``"mu"``),
     elements (``"theta[0]"``) or logs (``"log(tau)"``, the funnel's natural axis).
     ``posterior`` is a :class:`~reparam_bridge.Posterior` or an ArviZ ``InferenceData``.
-    Returns ``path``.
+    With ``unconstrained=True`` the axes are the sampled free arrays instead, named by their
+    paths (``"theta.unconstrained[0]"``, ``"tau.unconstrained"`` = log tau): the geometry the
+    sampler actually sees. Returns ``path``.
     """
     az = import_arviz()
     plt = _pyplot()
     if len(var_names) < 2:
         raise ValueError("plot_pair: give at least two var_names.")
-    draws, div = _posterior_arrays(posterior)
+    draws, div = _posterior_arrays(posterior, unconstrained)
     selected = {spec: _select(draws, spec) for spec in var_names}
     chains, n = next(iter(selected.values())).shape
     div = np.zeros((chains, n), dtype=bool) if div is None else div
