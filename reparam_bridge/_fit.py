@@ -302,9 +302,17 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
     try:
         for c in range(n_chunks):
             start = np.asarray(c * chunk, np.int32)
-            new_params, new_opt_state, values, first_bad = _run_chunk(
-                loop, static, params, opt_state, start, n_steps, key, args
-            )
+            try:
+                new_params, new_opt_state, values, first_bad = _run_chunk(
+                    loop, static, params, opt_state, start, n_steps, key, args
+                )
+            except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
+                if "scalar" in str(e):
+                    raise ValueError(
+                        f"{what}: the loss must be a scalar (JAX said: {str(e).splitlines()[0]}); "
+                        "reduce it, e.g. with .sum() or .mean()."
+                    ) from e
+                raise
             first_bad = int(first_bad)
             if first_bad >= 0:
                 raise ValueError(_diagnose(loop, static, params, opt_state, c * chunk,

@@ -199,3 +199,14 @@ def test_nonfinite_gradient_in_last_step_of_padded_chunk():
     loss = lambda m: -m["w"] + jnp.sqrt(jnp.maximum(4.0 - m["w"], 0.0))  # noqa: E731
     with pytest.raises(ValueError, match=r"gradient.*step 4 .*\['w'\]"):
         fit({"w": jnp.array(0.0)}, loss, optimizer=optax.sgd(1.0), steps=5, chunk_size=3, progress_bar=False)
+
+
+def test_fit_refuses_a_non_scalar_loss_with_a_clear_error():
+    import jax.numpy as jnp
+    import pytest
+
+    import reparam_bridge as rb
+
+    model = {"a": jnp.ones(3)}
+    with pytest.raises(ValueError, match="loss must be a scalar"):
+        rb.fit(model, lambda m: m["a"] ** 2, steps=5, progress_bar=False)
