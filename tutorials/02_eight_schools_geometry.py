@@ -92,13 +92,14 @@ def main(fast: bool, out: str) -> list[str]:
     print("non-centred, at the mode of the unconstrained density:\n" + str(report))
 
     # 2. Learned centredness: maximise the ELBO over c on a grid.
-    grid = [0.0, 1.0] if fast else [round(c, 2) for c in np.linspace(0.0, 1.0, 11)]
+    grid = [0.0, 1.0] if fast else [round(float(c), 2) for c in np.linspace(0.0, 1.0, 11)]
     k1, k2 = jax.random.split(jax.random.key(42))
     eps_fit = jax.random.normal(k1, (32 if fast else 64, 10))
     eps_eval = jax.random.normal(k2, (4000, 10))
     elbos = [elbo_of(c, eps_fit, eps_eval, steps=100 if fast else 1000) for c in grid]
     c_star = grid[int(np.argmax(elbos))]
-    print("ELBO by centredness:", dict(zip(grid, np.round(elbos, 3))), "-> learned c =", c_star)
+    print("ELBO by centredness:", ", ".join(f"c={c:g}: {e:.3f}" for c, e in zip(grid, elbos)),
+          "-> learned c =", c_star)
     paths.append(plot_elbo(grid, elbos, c_star, os.path.join(out, "02_elbo_vs_centredness.png")))
 
     # 3. The comparison table: identical sampler settings for each parameterisation.
