@@ -725,6 +725,19 @@ class Constrained(_NamedBijector):
             _check_open_simplex("Constrained", value)
 
     def transform(self) -> T.Transform:
-        if isinstance(self.constraint, constraints._ZeroSum):  # keep the log-Jacobian convention
-            return _ZeroSumTransform(self.constraint.event_dim)
-        return T.biject_to(self.constraint)
+        # Where a named bijector has its own map (for the log-Jacobian convention, numerical
+        # safety or geometry; see the module docstring), Constrained uses the same one.
+        c = self.constraint
+        if isinstance(c, constraints._ZeroSum):
+            return _ZeroSumTransform(c.event_dim)
+        own = {
+            constraints._CorrCholesky: _CorrCholeskyTransform,
+            constraints._CorrMatrix: _CorrMatrixTransform,
+            constraints._LowerCholesky: _LowerCholeskyTransform,
+            constraints._PositiveOrderedVector: _CumsumExpTransform,
+        }
+        if type(c) in own:
+            return own[type(c)]()
+        if type(c) is constraints._PositiveDefinite:
+            return T.ComposeTransform([_LowerCholeskyTransform(), T.CholeskyTransform().inv])
+        return T.biject_to(c)
