@@ -44,15 +44,17 @@ def draws_to_dict(model: PyTree, draws: PyTree) -> dict[str, np.ndarray]:
     ``{dotted path: array}``, keeping only quantities that depend on free arrays.
 
     A wrapper whose value is itself a PyTree (say a dict ``{"a": ..., "b": ...}``) gives one
-    variable per leaf: ``"pair.a"``, ``"pair.b"``.
+    variable per leaf: ``"pair.a"``, ``"pair.b"`` (just ``"a"``, ``"b"`` when that wrapper is
+    the whole model; a single array at the root is ``"value"``).
     """
     treedef = jax.tree_util.tree_structure(model, is_leaf=_is_node)
     values = treedef.flatten_up_to(draws)
+    root_is_node = _is_node(model)  # a wrapper at the root: its value's own paths name it
     out: dict[str, np.ndarray] = {}
     for name, i in random_nodes(model):
         for path, leaf in jax.tree_util.tree_flatten_with_path(values[i])[0]:
             if hasattr(leaf, "shape") and np.issubdtype(np.asarray(leaf).dtype, np.number):
-                key = name if not path else f"{name}.{path_to_str(path)}"
+                key = name if not path else path_to_str(path) if root_is_node else f"{name}.{path_to_str(path)}"
                 out[key] = np.asarray(leaf)
     return out
 

@@ -1,5 +1,6 @@
 """NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -77,14 +78,38 @@ def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str |
     value = lj(params)
     if bool(jnp.isfinite(value)):
         return None
-    # log_joint itself is -inf/nan: name the parameters whose constrained value it is
-    # sensitive to (non-finite gradient), else say it is the data / the function.
+    # log_joint itself is -inf/nan (say, a data-dependent bound is violated): name the
+    # parameters that, moved alone, make it finite; else those with a non-finite gradient.
+    owners = sorted((p for p, _, _ in walk_bijectors(model)), key=len, reverse=True)
+    name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)  # noqa: E731
+    suspects = list(dict.fromkeys(name(p) for p in _movable_leaves(jax.jit(lj), params)))
+    if suspects:
+        return (
+            f"log_joint(unwrap(model), *args) is {float(value)} at the initial point and becomes finite "
+            f"when only {', '.join(repr(s) for s in suspects)} is moved: its initial value is outside "
+            "what log_joint allows (e.g. a bound that depends on the data)"
+        )
     grads = jax.grad(lambda p: jnp.nan_to_num(lj(p), nan=-1e30, neginf=-1e30))(params)
-    suspects = [p for p, g in leaves_with_paths(grads) if g is not None and not bool(jnp.all(jnp.isfinite(g)))]
+    suspects = [name(p) for p, g in leaves_with_paths(grads) if g is not None and not bool(jnp.all(jnp.isfinite(g)))]
     where = f"; the parameters involved: {', '.join(suspects)}" if suspects else ""
     return f"log_joint(unwrap(model), *args) is {float(value)} at the initial point{where}"
 
 
+def _movable_leaves(fn: Callable, params: PyTree) -> list[str]:
+    """Paths of the free arrays which, shifted alone in unconstrained space, make ``fn`` finite."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    paths = [path for path, _ in leaves_with_paths(params)]
+    found = []
+    for i, leaf in enumerate(leaves):
+        for step in (0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 4.0, -4.0, 8.0, -8.0, 16.0, -16.0):
+            moved = [leaf + step if j == i else x for j, x in enumerate(leaves)]
+            if bool(jnp.isfinite(fn(jax.tree_util.tree_unflatten(treedef, moved)))):
+                found.append(paths[i])
+                break
+    return found
+
+
+@functools.partial(jax.jit, static_argnums=2)  # one compilation rather than one per leaf shape
 def _initial_params(params: PyTree, key: PRNGKeyArray, num_chains: int, jitter: float) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
@@ -183,7 +208,7 @@ def sample(
         if kernel.lower() not in kernels:
             raise ValueError(f"kernel must be 'nuts', 'hmc' or a NumPyro kernel class, got {kernel!r}.")
         kernel = kernels[kernel.lower()]
-    potential_fn = lambda p: -logdensity(p)  # noqa: E731
+    potential_fn = jax.jit(lambda p: -logdensity(p))  # one compiled call for NumPyro's eager init
     mcmc = MCMC(
         kernel(potential_fn=potential_fn, **kernel_kwargs),
         num_warmup=num_warmup,
