@@ -78,7 +78,7 @@ def make_sampler(logdensity_fn, num_warmup, num_samples, max_tree_depth, target)
         warmup = blackjax.window_adaptation(blackjax.nuts, logdensity_fn, target_acceptance_rate=target,
                                             max_num_doublings=max_tree_depth)
         (state, params), winfo = warmup.run(warm_key, position, num_steps=num_warmup)
-        step = blackjax.nuts(logdensity_fn, **params, max_num_doublings=max_tree_depth).step
+        step = blackjax.nuts(logdensity_fn, **params).step  # params carries max_num_doublings
 
         def body(state, key):
             state, info = step(key, state)

@@ -372,9 +372,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.quick:
-        # two posteriors, short chains: a smoke run of the whole protocol (the README figures use the full run)
+        # short chains, small versions; by default two posteriors: a smoke run of the whole protocol
         settings = dict(num_warmup=100, num_samples=100, num_chains=4, target_accept_prob=0.8)
-        cases = {"eight": eight_schools, "logistic": hier_logistic}
+        cases = {"eight": eight_schools, "logistic": hier_logistic, "gp": lambda: gp(30),
+                 "multigp": lambda: multi_gp(10), "mlp": lambda: mlp(50, 8, max_tree_depth=6)}
+        args.only = args.only or "eight,logistic"
     else:
         settings = dict(num_warmup=500, num_samples=500, num_chains=4, target_accept_prob=0.8)
         cases = {"eight": eight_schools, "logistic": hier_logistic, "gp": gp, "multigp": multi_gp, "mlp": mlp}

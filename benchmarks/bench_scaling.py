@@ -49,6 +49,7 @@ def child(p: int, warmup: int, samples: int, chains: int) -> dict:
     import reparam_bridge as rb
     from reparam_bridge._sample import _logdensity_fn
 
+    common.warm_up_arviz()  # one-off imports are not extraction
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     y = jax.random.lognormal(jax.random.key(0), shape=(p - 1,)) + 0.5 * jax.random.normal(jax.random.key(1), (p - 1,))
     model, log_joint = _model(p)
@@ -160,8 +161,9 @@ def main(argv=None):
         print(f"  {size:>7d} params: grad {r['grad'] * 1e6:9.1f} µs, sample {r['t_sample']:6.1f} s "
               f"({r['steps']} leapfrog steps), extraction {r['t_extract'] * 1e3:7.1f} ms "
               f"({r['t_extract'] / r['t_sample'] * 100:.1f}% of sampling), peak RSS {r['rss_sample_mb']:.0f} MB "
-              f"after sample, {r['rss_extract_mb']:.0f} MB after extraction (import: {r['rss0_mb']:.0f} MB)",
+              f"after sample, {r['rss_extract_mb']:.0f} MB after extraction (after imports: {r['rss0_mb']:.0f} MB)",
               flush=True)
+    common.warm_up_arviz()
     grid = extraction_grid(grid_sizes, grid_draws, reps)
     slope, per = plot(runs, grid)
     rows = [[f"{r['p']:,}", f"{r['grad'] * 1e6:.1f}", f"{r['t_sample'] / max(r['steps'], 1) * 1e6:.1f}",
