@@ -16,20 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
 from ._density import check_bijective, log_density, partition
 from ._fit import map_estimate
-from ._paths import path_to_str
-
-
-def _coordinate_names(params: PyTree) -> list[str]:
-    """One name per entry of ``ravel_pytree(params)``: ``"s.unconstrained"``, ``"w[0,1]"``."""
-    names = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        base = path_to_str(path)
-        shape = np.shape(leaf)
-        if shape == ():
-            names.append(base)
-        else:
-            names.extend(f"{base}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
-    return names
+from ._util import coordinate_names
 
 
 def _psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
@@ -153,7 +140,7 @@ def laplace(
         raise TypeError(f"laplace(optimize=False) takes no optimiser arguments, got {sorted(map_kwargs)}.")
     params, static = partition(model)
     flat, unravel = ravel_pytree(params)
-    names = tuple(_coordinate_names(params))
+    names = tuple(coordinate_names(params))
 
     def neg_log_p(x):
         return -log_density(log_joint, eqx.combine(unravel(x), static), *args, jacobian=True)

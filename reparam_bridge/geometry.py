@@ -33,20 +33,9 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
 from ._density import check_bijective, log_density, partition
+from ._util import coordinate_names
 
 __all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers"]
-
-
-def coordinate_names(params: PyTree) -> list[str]:
-    """One name per entry of ``ravel_pytree(params)``: ``"tau.unconstrained"``, ``"w[0,1]"``."""
-    from ._paths import path_to_str
-
-    names = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        base = path_to_str(path)
-        shape = np.shape(leaf)
-        names.extend([base] if shape == () else [f"{base}[{','.join(map(str, i))}]" for i in np.ndindex(*shape)])
-    return names
 
 
 def _dominant(vector: np.ndarray, names: Sequence[str], top: int, mass: float = 0.9) -> list[tuple[str, float]]:
