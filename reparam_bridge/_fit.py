@@ -20,9 +20,10 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._constraint import apply, contains_constraints
-from ._density import check_bijective, log_density, partition
+from ._density import check_bijective, partition
 from ._paths import path_to_str
 from ._unwrappable import unwrap
+from ._util import NegLogDensity
 
 
 class FitResult(eqx.Module):
@@ -58,14 +59,6 @@ class _UnwrappedLoss(NamedTuple):
 
     def __call__(self, model, *args):
         return self.loss_fn(unwrap(model), *args)
-
-
-class _NegLogDensity(NamedTuple):
-    log_joint: Callable
-    jacobian: bool
-
-    def __call__(self, model, *args):
-        return -log_density(self.log_joint, model, *args, jacobian=self.jacobian)
 
 
 # ----------------------------------------------------------------------------------------
@@ -456,7 +449,7 @@ def map_estimate(
         steps = 100 if steps is None else steps
     steps = 1000 if steps is None else steps
     return _fit(
-        _NegLogDensity(log_joint, jacobian), model, args, optimizer=optimizer, steps=steps,
+        NegLogDensity(log_joint, jacobian), model, args, optimizer=optimizer, steps=steps,
         what="map_estimate", **{**_FIT_DEFAULTS, **fit_kwargs},
     )
 

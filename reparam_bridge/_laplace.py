@@ -14,9 +14,9 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
-from ._density import check_bijective, log_density, partition
+from ._density import check_bijective, partition
 from ._fit import map_estimate
-from ._util import coordinate_names
+from ._util import NegLogDensity, coordinate_names
 
 
 def _psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
@@ -142,8 +142,10 @@ def laplace(
     flat, unravel = ravel_pytree(params)
     names = tuple(coordinate_names(params))
 
+    density = NegLogDensity(log_joint, True, static)
+
     def neg_log_p(x):
-        return -log_density(log_joint, eqx.combine(unravel(x), static), *args, jacobian=True)
+        return density(unravel(x), *args)
 
     grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
     hess = 0.5 * (hess + hess.T)

@@ -1,9 +1,14 @@
 """Small helpers shared by the fitting, Laplace, geometry and sampler-adapter modules."""
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
 import jax
 import numpy as np
-from jaxtyping import PyTree
+from jaxtyping import Array, Float, PyTree
 
+from ._density import log_density
 from ._paths import path_to_str
 
 
@@ -21,3 +26,30 @@ def coordinate_names(params: PyTree) -> list[str]:
         shape = np.shape(leaf)
         names.extend([base] if shape == () else [f"{base}[{','.join(map(str, i))}]" for i in np.ndindex(*shape)])
     return names
+
+
+class NegLogDensity(NamedTuple):
+    """``-rb.log_density(log_joint, eqx.combine(params, static), *args, jacobian=jacobian)``.
+
+    A NamedTuple, so equal wrappers compare and hash equal (a jit cache hit when it is a
+    static argument, as in ``rb.map_estimate``) and cost nothing to build. ``static=None``
+    (the default) means ``params`` is already the whole wrapped model.
+
+    Example:
+        >>> import reparam_bridge as rb
+        >>> model = {"s": rb.Positive(1.0)}
+        >>> params, static = rb.partition(model)
+        >>> log_joint = lambda m: -m["s"]
+        >>> float(NegLogDensity(log_joint, False)(model)), float(NegLogDensity(log_joint, True, static)(params))
+        (1.0, 1.0)
+        >>> NegLogDensity(log_joint, True) == NegLogDensity(log_joint, True)
+        True
+    """
+
+    log_joint: Callable[..., Any]
+    jacobian: bool = True
+    static: PyTree = None
+
+    def __call__(self, params: PyTree, *args: Any) -> Float[Array, ""]:
+        model = params if self.static is None else eqx.combine(params, self.static)
+        return -log_density(self.log_joint, model, *args, jacobian=self.jacobian)

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +31,8 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
-from ._density import check_bijective, log_density, partition
-from ._util import coordinate_names
+from ._density import check_bijective, partition
+from ._util import NegLogDensity, coordinate_names
 
 __all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers"]
 
@@ -139,11 +138,13 @@ def curvature(
     flat, unravel = ravel_pytree(params)
     names = tuple(coordinate_names(params))
 
-    def log_p(x):
-        return log_density(log_joint, eqx.combine(unravel(x), static), *args, jacobian=True)
+    density = NegLogDensity(log_joint, True, static)
 
-    grad, hess = jax.jit(lambda x: (jax.grad(log_p)(x), jax.hessian(log_p)(x)))(flat)
-    H = -np.asarray(hess, dtype=np.float64)
+    def neg_log_p(x):
+        return density(unravel(x), *args)
+
+    grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
+    H = np.asarray(hess, dtype=np.float64)
     if not np.all(np.isfinite(H)):
         bad = sorted({names[i] for i in np.argwhere(~np.isfinite(H))[:, 0]})
         raise ValueError(f"geometry.curvature: the Hessian is not finite at the given point (coordinates {bad}).")
