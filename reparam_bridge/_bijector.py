@@ -26,8 +26,8 @@ from ._unwrappable import (
     Ref,
     Unwrappable,
     _unwrap_plain,
+    RefResolver,
     contains_refs,
-    resolve_refs,
     unwrap,
 )
 
@@ -74,11 +74,11 @@ def walk_bijectors(tree: PyTree) -> Iterator[tuple[str, Bijector, Bijector]]:
     """``(path, bijector, inner)`` for every bijector outside :class:`NonTrainable`, nested
     ones included, where ``inner`` is the bijector with its sub-nodes unwrapped and its
     :class:`Ref` s resolved, ready for ``inner.unwrap()`` / ``inner.log_det_jacobian()``."""
-    root_values = unwrap(tree) if contains_refs(tree) else None
+    resolver = RefResolver(tree) if contains_refs(tree) else None
 
     def _inner(node):
-        if contains_refs(node):
-            node = resolve_refs(node, root_values, strict=False)
+        if resolver is not None and contains_refs(node):
+            node = resolver.substitute(node)
         return _unwrap_plain(node, include_self=False)
 
     def _visit(node, prefix):

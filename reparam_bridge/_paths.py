@@ -41,8 +41,15 @@ def get_by_path(tree: Any, path: str) -> Any:
         if hasattr(node, part) and not isinstance(node, (dict, list, tuple)):
             node = getattr(node, part)
             continue
-        try:
-            node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise KeyError(f"no node at path {path!r} (missing part {part!r})") from None
+        candidates = [part] + ([int(part)] if part.lstrip("-").isdigit() else [])
+        for key in candidates:
+            if isinstance(node, (list, tuple)) and not isinstance(key, int):
+                continue
+            try:
+                node = node[key]
+                break
+            except (KeyError, IndexError, TypeError):
+                continue
+        else:
+            raise KeyError(f"no node at path {path!r} (missing part {part!r})")
     return node

@@ -88,50 +88,79 @@ def _unwrap_plain(tree: PyTree, *, include_self: bool = True) -> PyTree:
     return jax.tree_util.tree_map(_map_fn, tree, is_leaf=is_leaf)
 
 
-class _NotReady(Exception):
-    pass
-
-
-def resolve_refs(node: PyTree, root_values: PyTree, *, strict: bool = True) -> PyTree:
-    """Replace every :class:`Ref` in ``node`` by the value at its path in ``root_values``."""
+def resolve_refs(node: PyTree, root_values: PyTree, *, strict: bool = False) -> PyTree:
+    """Replace every :class:`Ref` in ``node`` by the value at its path in the already
+    unwrapped ``root_values`` (for callers that hold those values; see :class:`RefResolver`)."""
+    del strict
 
     def _lookup(x):
         if not isinstance(x, Ref):
             return x
         try:
-            value = get_by_path(root_values, x.path)
+            return get_by_path(root_values, x.path)
         except KeyError as e:
             raise ValueError(f"rb.Ref({x.path!r}) points at nothing: {e.args[0]}") from None
-        if strict and (contains_unwrappables(value) or contains_refs(value)):
-            raise _NotReady(x.path)
-        return value
 
     return jax.tree_util.tree_map(_lookup, node, is_leaf=_is_ref)
 
 
-def _unwrap_with_refs(tree: PyTree) -> PyTree:
-    # Top-level wrapped nodes that hold no Ref are unwrapped at once; those that do are
-    # resolved in rounds, each round using the values known so far.
-    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_unwrappable)
-    pending = {i for i, leaf in enumerate(leaves) if contains_refs(leaf)}
-    leaves = [leaf if i in pending else _unwrap_plain(leaf) for i, leaf in enumerate(leaves)]
-    while pending:
-        progressed = False
-        for i in sorted(pending):
-            current = jax.tree_util.tree_unflatten(treedef, leaves)
+class RefResolver:
+    """Unwraps a tree whose wrappers hold :class:`Ref` s, each node once (memoised).
+
+    ``Ref(path)`` means the unwrapped value of the node at ``path`` in the *wrapped* tree
+    (``"mu"``, ``"pair.mu"``: a field inside a wrapper); where the path goes past a wrapper's
+    fields it continues into that wrapper's value (``"pair.a"`` when the wrapper unwraps to a
+    dict with key ``"a"``). Cycles raise ``ValueError`` naming the chain.
+    """
+
+    def __init__(self, root: PyTree):
+        self.root = root
+        self._memo: dict[int, Any] = {}
+        self._active: list[tuple[int, str]] = []
+
+    def value(self, node: PyTree, label: str = "<root>") -> PyTree:
+        key = id(node)
+        if key in self._memo:
+            return self._memo[key]
+        if any(k == key for k, _ in self._active):
+            chain = " -> ".join([lbl for _, lbl in self._active] + [label])
+            raise ValueError(f"circular rb.Ref references: {chain}; a Ref must not (indirectly) refer back to itself.")
+        self._active.append((key, label))
+        try:
+            out = _unwrap_plain(self.substitute(node))
+        finally:
+            self._active.pop()
+        self._memo[key] = out
+        return out
+
+    def substitute(self, node: PyTree) -> PyTree:
+        """``node`` with each :class:`Ref` replaced by its value."""
+        return jax.tree_util.tree_map(
+            lambda x: self.resolve(x.path) if isinstance(x, Ref) else x, node, is_leaf=_is_ref
+        )
+
+    def resolve(self, path: str) -> Any:
+        node, parts = self.root, path.split(".")
+        for i, part in enumerate(parts):
             try:
-                resolved = resolve_refs(leaves[i], current)
-            except _NotReady:
-                continue
-            leaves[i] = _unwrap_plain(resolved)
-            pending.discard(i)
-            progressed = True
-        if not progressed:
-            current = jax.tree_util.tree_unflatten(treedef, leaves)
-            stuck = [p for p, leaf in leaves_with_paths(current, _is_unwrappable) if contains_refs(leaf)]
-            raise ValueError(f"circular rb.Ref references among {stuck}; a Ref must point at a "
-                             "node that does not (indirectly) refer back to it.")
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+                node = get_by_path(node, part)
+            except KeyError:
+                if not isinstance(node, Unwrappable):
+                    raise ValueError(
+                        f"rb.Ref({path!r}) points at nothing: no {part!r} in the node at "
+                        f"{'.'.join(parts[:i]) or '<root>'}."
+                    ) from None
+                # past this wrapper's fields: continue inside its value
+                value = self.value(node, ".".join(parts[:i]))
+                try:
+                    return get_by_path(value, ".".join(parts[i:]))
+                except KeyError as e:
+                    raise ValueError(f"rb.Ref({path!r}) points at nothing: {e.args[0]}") from None
+        return self.value(node, path)
+
+
+def _unwrap_with_refs(tree: PyTree) -> PyTree:
+    return RefResolver(tree).value(tree)
 
 
 def unwrap(tree: PyTree) -> PyTree:
