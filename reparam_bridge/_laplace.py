@@ -16,7 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
 from ._density import check_bijective, partition
 from ._fit import map_estimate
-from ._util import NegLogDensity, coordinate_names
+from ._util import neg_log_density_hessian
 
 
 def _psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
@@ -138,17 +138,7 @@ def laplace(
         model = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
     elif map_kwargs:
         raise TypeError(f"laplace(optimize=False) takes no optimiser arguments, got {sorted(map_kwargs)}.")
-    params, static = partition(model)
-    flat, unravel = ravel_pytree(params)
-    names = tuple(coordinate_names(params))
-
-    density = NegLogDensity(log_joint, True, static)
-
-    def neg_log_p(x):
-        return density(unravel(x), *args)
-
-    grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
-    hess = 0.5 * (hess + hess.T)
+    flat, _, names, neg_log_p, grad, hess = neg_log_density_hessian(log_joint, model, args)
     chol = jnp.linalg.cholesky(hess)
     if not bool(jnp.all(jnp.isfinite(chol))):
         raise ValueError(_not_pd_message(np.asarray(hess), names))

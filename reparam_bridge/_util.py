@@ -6,9 +6,10 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from ._density import log_density
+from ._density import log_density, partition
 from ._paths import path_to_str
 
 
@@ -53,3 +54,39 @@ class NegLogDensity(NamedTuple):
     def __call__(self, params: PyTree, *args: Any) -> Float[Array, ""]:
         model = params if self.static is None else eqx.combine(params, self.static)
         return -log_density(self.log_joint, model, *args, jacobian=self.jacobian)
+
+
+class HessianAt(NamedTuple):
+    """What :func:`neg_log_density_hessian` returns (all in the order of ``names``)."""
+
+    flat: Float[Array, " n"]  # the free arrays of the point, flattened (``ravel_pytree``)
+    unravel: Callable[[Array], PyTree]
+    names: tuple[str, ...]
+    neg_log_p: Callable[[Array], Float[Array, ""]]  # flat free arrays -> -log density
+    grad: Float[Array, " n"]  # of ``neg_log_p`` at ``flat``
+    hessian: Float[Array, "n n"]  # of ``neg_log_p`` at ``flat``, symmetrised
+
+
+def neg_log_density_hessian(log_joint: Callable[..., Any], model: PyTree, args: tuple) -> HessianAt:
+    """Gradient and (symmetrised) Hessian of ``-rb.log_density(..., jacobian=True)`` over the
+    flattened free arrays of ``model``, at ``model``; one compiled call.
+
+    Example:
+        >>> import jax.numpy as jnp, numpyro.distributions as dist
+        >>> import reparam_bridge as rb
+        >>> model = {"x": rb.Real(jnp.zeros(2))}
+        >>> log_joint = lambda m: dist.Normal(0.0, jnp.array([1.0, 2.0])).log_prob(m["x"]).sum()
+        >>> h = neg_log_density_hessian(log_joint, model, ())
+        >>> h.names, [round(float(v), 2) for v in jnp.diag(h.hessian)]
+        (('x.unconstrained[0]', 'x.unconstrained[1]'), [1.0, 0.25])
+    """
+    params, static = partition(model)
+    flat, unravel = ravel_pytree(params)
+    density = NegLogDensity(log_joint, True, static)
+
+    def neg_log_p(x):
+        return density(unravel(x), *args)
+
+    grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
+    hess = 0.5 * (hess + hess.T)
+    return HessianAt(flat, unravel, tuple(coordinate_names(params)), neg_log_p, grad, hess)

@@ -27,12 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
 from ._density import check_bijective, partition
-from ._util import NegLogDensity, coordinate_names
+from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
 
 __all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers"]
 
@@ -134,21 +133,11 @@ def curvature(
         at = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
     elif map_kwargs:
         raise TypeError(f"curvature(at=...) takes no optimiser arguments, got {sorted(map_kwargs)}.")
-    params, static = partition(at)
-    flat, unravel = ravel_pytree(params)
-    names = tuple(coordinate_names(params))
-
-    density = NegLogDensity(log_joint, True, static)
-
-    def neg_log_p(x):
-        return density(unravel(x), *args)
-
-    grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
+    _, _, names, _, grad, hess = neg_log_density_hessian(log_joint, at, args)
     H = np.asarray(hess, dtype=np.float64)
     if not np.all(np.isfinite(H)):
         bad = sorted({names[i] for i in np.argwhere(~np.isfinite(H))[:, 0]})
         raise ValueError(f"geometry.curvature: the Hessian is not finite at the given point (coordinates {bad}).")
-    H = 0.5 * (H + H.T)
     eigenvalues, eigenvectors = np.linalg.eigh(H)
     lo, hi = eigenvalues[0], eigenvalues[-1]
     cond = float(hi / lo) if lo > 0 else math.inf
