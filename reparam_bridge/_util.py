@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._density import log_density, partition
 from ._paths import path_to_str
@@ -90,3 +90,13 @@ def neg_log_density_hessian(log_joint: Callable[..., Any], model: PyTree, args: 
     grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
     hess = 0.5 * (hess + hess.T)
     return HessianAt(flat, unravel, tuple(coordinate_names(params)), neg_log_p, grad, hess)
+
+
+def tree_depth(n_steps: ArrayLike) -> np.ndarray:
+    """NUTS tree depth from the number of leapfrog steps (``floor(log2 n) + 1``, int64).
+
+    Example:
+        >>> tree_depth([1, 3, 7, 8]).tolist()
+        [1, 2, 3, 4]
+    """
+    return (np.floor(np.log2(np.maximum(np.asarray(n_steps), 1))) + 1).astype(np.int64)

@@ -23,9 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, ArrayLike, PyTree
 
 from ._sample import Posterior, _logdensity_fn, check_model
+from ._util import tree_depth
 
 __all__ = ["logdensity", "posterior"]
 
@@ -55,16 +56,28 @@ def _stat(info: Any, name: str) -> np.ndarray | None:
     return None if value is None else np.asarray(value)
 
 
-def posterior(model: PyTree, positions: PyTree, info: Any = None, *, chain_axis: bool = True) -> Posterior:
+def posterior(
+    model: PyTree,
+    positions: PyTree,
+    info: Any = None,
+    *,
+    chain_axis: bool = True,
+    step_size: ArrayLike | None = None,
+) -> Posterior:
     """A :class:`~reparam_bridge.Posterior` from BlackJAX positions.
 
     Args:
         model: the wrapped model given to :func:`logdensity` (its structure is used).
         positions: the ``position`` field of BlackJAX states (or the states themselves),
             every leaf shaped ``(chain, draw, ...)`` (``(draw, ...)`` with ``chain_axis=False``).
+            Given the states, their ``logdensity`` becomes the ``lp`` sample stat.
         info: optional NUTS/HMC infos with the same leading axes; their divergences, step
-            counts, energies and acceptance rates become ``sample_stats`` (ArviZ names).
+            counts (and the tree depth they imply), energies and acceptance rates become
+            ``sample_stats`` (ArviZ names).
         chain_axis: whether the leaves have a leading chain axis; if not, one is added.
+        step_size: the adapted step size (``parameters["step_size"]`` from
+            ``blackjax.window_adaptation``), a scalar or one per chain; recorded as the
+            ``step_size`` sample stat, as after :func:`~reparam_bridge.sample`.
 
     Example:
         >>> import jax.numpy as jnp
@@ -77,10 +90,12 @@ def posterior(model: PyTree, positions: PyTree, info: Any = None, *, chain_axis:
                [1., 1., 1.]], dtype=float32)
     """
     params, static = check_model(model, lambda m, *a: jnp.zeros(()), (), "rb.blackjax.posterior")
-    positions = getattr(positions, "position", positions)
+    states, positions = positions, getattr(positions, "position", positions)
+    lp = getattr(states, "logdensity", None) if states is not positions else None
     if not chain_axis:
         positions = jax.tree_util.tree_map(lambda x: x[None], positions)
         info = None if info is None else jax.tree_util.tree_map(lambda x: x[None], info)
+        lp = None if lp is None else lp[None]
     want = jax.tree_util.tree_structure(params)
     got = jax.tree_util.tree_structure(positions)
     if want != got:
@@ -108,6 +123,16 @@ def posterior(model: PyTree, positions: PyTree, info: Any = None, *, chain_axis:
             if value is not None:
                 stats[arviz_name] = value.astype(bool) if arviz_name == "diverging" else value
         if "n_steps" in stats:
-            steps = np.maximum(stats["n_steps"], 1)
-            stats["tree_depth"] = (np.floor(np.log2(steps)) + 1).astype(np.int64)
+            stats["tree_depth"] = tree_depth(stats["n_steps"])
+    chains, draws = jax.tree_util.tree_leaves(positions)[0].shape[:2]
+    if lp is not None:
+        stats["lp"] = np.asarray(lp)
+    if step_size is not None:
+        size = np.asarray(step_size)
+        if size.shape not in ((), (1,), (chains,)):
+            raise ValueError(
+                f"rb.blackjax.posterior: step_size has shape {size.shape}; give one step size or one per "
+                f"chain ({chains})."
+            )
+        stats["step_size"] = np.broadcast_to(size.reshape(-1, 1) if size.ndim else size, (chains, draws)).copy()
     return Posterior(model, static, positions, stats)

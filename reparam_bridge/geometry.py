@@ -194,25 +194,31 @@ def _condition_numbers(posterior: Any) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def _mean_stat(stats: Mapping[str, Any], name: str) -> float:
+    return float(np.mean(stats[name])) if name in stats else math.nan
+
+
 def summarize(posterior: Any, seconds: float = math.nan) -> dict[str, float]:
-    """The row :func:`compare` reports for one :class:`~reparam_bridge.Posterior`."""
+    """The row :func:`compare` reports for one :class:`~reparam_bridge.Posterior`; a sample
+    stat the posterior lacks (say a ``rb.blackjax.posterior`` built without ``info``) gives
+    ``nan`` in the columns that need it."""
     draws = draws_to_dict(posterior.model, posterior.draws)
     elems = _per_element(draws)
     ess_bulk = [_az_stat("ess", x, method="bulk") for x in elems]
     ess_tail = [_az_stat("ess", x, method="tail") for x in elems]
     rhat = [_az_stat("rhat", x) for x in elems]
-    stats = posterior.sample_stats
-    n_grad = int(np.sum(stats["n_steps"]))
+    stats = posterior.sample_stats or {}
+    n_grad = int(np.sum(stats["n_steps"])) if "n_steps" in stats else math.nan
     min_bulk = float(np.nanmin(ess_bulk))
     cond, cond_scaled = _condition_numbers(posterior)
     return {
-        "divergences": int(np.sum(stats["diverging"])),
+        "divergences": int(np.sum(stats["diverging"])) if "diverging" in stats else math.nan,
         "min_ess_bulk": min_bulk,
         "min_ess_tail": float(np.nanmin(ess_tail)),
-        "ess_per_grad": min_bulk / max(n_grad, 1),
+        "ess_per_grad": min_bulk / max(n_grad, 1) if "n_steps" in stats else math.nan,
         "ess_per_second": min_bulk / seconds if seconds > 0 else math.nan,
-        "step_size": float(np.mean(stats["step_size"])),
-        "mean_tree_depth": float(np.mean(stats["tree_depth"])),
+        "step_size": _mean_stat(stats, "step_size"),
+        "mean_tree_depth": _mean_stat(stats, "tree_depth"),
         "max_rhat": float(np.nanmax(rhat)),
         "condition_number": cond,
         "condition_number_scaled": cond_scaled,
@@ -482,7 +488,7 @@ def plot_condition_numbers(table: Any, path: str | os.PathLike, *, title: str | 
     ax1.legend(fontsize=7, loc="upper right", framealpha=0.9)
     bars = ax2.bar(x, col("ess_per_grad"), 0.6, color="C2")
     for b, d in zip(bars, col("divergences")):
-        ax2.annotate(f"{int(d)} div.", (b.get_x() + b.get_width() / 2, b.get_height()),
+        ax2.annotate(f"{int(d)} div." if np.isfinite(d) else "? div.", (b.get_x() + b.get_width() / 2, b.get_height()),
                      ha="center", va="bottom", fontsize=8)
     ax2.set_xticks(x, labels, rotation=20)
     ax2.set_xlabel("parameterisation")

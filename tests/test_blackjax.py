@@ -4,6 +4,7 @@ Cost: ~20 s on 2 CPU cores (one 4-chain BlackJAX run on eight schools, compiled 
 """
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -134,3 +135,36 @@ def test_blackjax_nuts_reproduces_eight_schools():
     for name in ("mu", "tau"):
         se = np.hypot(summary.loc[name, "mcse_mean"], other.loc[name, "mcse_mean"])
         assert abs(summary.loc[name, "mean"] - other.loc[name, "mean"]) < 5 * se, name
+
+
+def test_posterior_stats_from_states_feed_geometry_summarize():
+    # ~5 s: 2 chains x 200 BlackJAX NUTS steps (fixed step size, no warmup) on a 2-d Gaussian.
+    blackjax = pytest.importorskip("blackjax")
+    model = {"x": rb.Real(jnp.zeros(2))}
+    fn, pos = rb.blackjax.logdensity(model, lambda m: dist.Normal(0.0, 1.0).log_prob(m["x"]).sum())
+    nuts = blackjax.nuts(fn, step_size=0.5, inverse_mass_matrix=jnp.ones(2))
+
+    def one_chain(key):
+        def body(state, k):
+            state, info = nuts.step(k, state)
+            return state, (state, info)
+
+        return jax.lax.scan(body, nuts.init(pos), jax.random.split(key, 200))[1]
+
+    states, info = jax.jit(jax.vmap(one_chain))(jax.random.split(jax.random.key(0), 2))
+    post = rb.blackjax.posterior(model, states, info, step_size=0.5)
+    stats = post.sample_stats
+    assert {"lp", "step_size", "tree_depth", "n_steps", "diverging"} <= set(stats)
+    np.testing.assert_allclose(stats["lp"], np.asarray(jax.vmap(jax.vmap(fn))(states.position)), rtol=1e-5)
+    assert stats["step_size"].shape == (2, 200) and np.all(stats["step_size"] == 0.5)
+    # tree depth is floor(log2(n_steps)) + 1, as for NumPyro
+    np.testing.assert_array_equal(2 ** (stats["tree_depth"] - 1) <= stats["n_steps"], True)
+    np.testing.assert_array_equal(stats["n_steps"] < 2 ** stats["tree_depth"], True)
+    row = rb.geometry.summarize(post)
+    assert row["step_size"] == 0.5 and row["mean_tree_depth"] >= 1 and row["n_grad"] == int(stats["n_steps"].sum())
+    with pytest.raises(ValueError, match="step_size"):
+        rb.blackjax.posterior(model, states, info, step_size=jnp.ones(3))
+
+    # without info or states, the stats it needs are missing: nan, not KeyError
+    bare = rb.geometry.summarize(rb.blackjax.posterior(model, states.position))
+    assert all(math.isnan(bare[k]) for k in ("divergences", "step_size", "mean_tree_depth", "ess_per_grad", "n_grad"))
