@@ -204,8 +204,8 @@ def random_module(name: str, module: PyTree, prior: PriorSpec = None) -> PyTree:
     if walked:
         numpyro.factor(f"{name}._log_det_jacobian", log_det_jacobian(tree))
     terms = []
-    for path, node, inner in walked:
-        d = wrapped_priors.get(path, getattr(node, "prior", None))
+    for path, _, inner in walked:
+        d = wrapped_priors.get(path, getattr(inner, "prior", None))
         if d is not None:
             terms.append(jnp.sum(d.log_prob(inner.unwrap())))
     if terms:
@@ -249,7 +249,7 @@ def module(name: str, module: PyTree) -> PyTree:
     leaves, treedef, static = _free_leaves(module)
     new = [numpyro.param(_site(name, path), leaf) for path, leaf in leaves]
     tree = eqx.combine(jax.tree_util.tree_unflatten(treedef, new), static)
-    if any(getattr(node, "prior", None) is not None for _, node, _ in walk_bijectors(tree)):
+    if any(getattr(inner, "prior", None) is not None for _, _, inner in walk_bijectors(tree)):
         numpyro.factor(f"{name}._log_prior", log_prior(tree))
     return unwrap(tree)
 
