@@ -169,12 +169,11 @@ def _per_element(draws: Mapping[str, np.ndarray]) -> list[np.ndarray]:
 
 def _az_stat(fn_name: str, x: np.ndarray, **kwargs: Any) -> float:
     az = import_arviz()
-    try:
+    if hasattr(az, fn_name):  # ArviZ 0.x; errors from it are real and propagate
         return float(np.asarray(getattr(az, fn_name)(x, **kwargs)))
-    except Exception:  # noqa: BLE001 - ArviZ >= 1.0 moved the array functions
-        import arviz_stats  # type: ignore[import-not-found]
+    import arviz_stats  # type: ignore[import-not-found]  # ArviZ >= 1.0 moved the array functions
 
-        return float(np.asarray(getattr(arviz_stats, fn_name)(x, chain_axis=0, draw_axis=1, **kwargs)))
+    return float(np.asarray(getattr(arviz_stats, fn_name)(x, chain_axis=0, draw_axis=1, **kwargs)))
 
 
 def _condition_numbers(posterior: Any) -> tuple[float, float]:

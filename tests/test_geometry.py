@@ -167,3 +167,15 @@ def test_eight_schools_non_centred_beats_centred():
     assert table.loc["non-centred", "divergences"] <= 8  # <= 0.2% of 4000 draws
     assert table.loc["non-centred", "ess_per_grad_ratio"] >= 10
     assert table.loc["non-centred", "max_rhat"] < 1.01
+
+
+def test_az_stat_propagates_arviz_errors():
+    # < 1 s. A bad argument to an existing ArviZ function is reported, not swallowed by the
+    # arviz>=1.0 fallback (which would fail with an unrelated ImportError on arviz 0.x).
+    from reparam_bridge.geometry import _az_stat
+
+    x = np.random.default_rng(0).normal(size=(2, 100))
+    assert _az_stat("ess", x, method="bulk") > 0
+    with pytest.raises(Exception) as info:
+        _az_stat("ess", x, method="no-such-method")
+    assert not isinstance(info.value, ImportError)
