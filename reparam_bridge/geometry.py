@@ -466,8 +466,9 @@ def plot_trace(
 
 def plot_condition_numbers(table: Any, path: str | os.PathLike, *, title: str | None = None) -> str:
     """Bars per parameterisation from a :func:`compare` table: the condition numbers (log
-    axis) and the min ESS per gradient evaluation, divergences written on the bars.
-    Returns ``path``."""
+    axis) and the min ESS per gradient evaluation, divergences written on the bars. The
+    figure title is ``title`` (if any) over a line giving the number of parameterisations,
+    counted from the table. Returns ``path``."""
     plt = _pyplot()
     if hasattr(table, "index"):
         labels = [str(i) for i in table.index]
@@ -481,18 +482,24 @@ def plot_condition_numbers(table: Any, path: str | os.PathLike, *, title: str | 
     ax1.bar(x - w / 2, col("condition_number"), w, label="covariance")
     ax1.bar(x + w / 2, col("condition_number_scaled"), w, label="correlation (after diagonal mass matrix)")
     ax1.set_yscale("log")
-    ax1.set_xticks(x, labels, rotation=20)
+    ax1.set_xticks(x, labels, rotation=20, ha="right")
     ax1.set_xlabel("parameterisation")
-    ax1.set_ylabel("condition number (unconstrained draws)")
+    ax1.set_ylabel("condition number\n(unconstrained draws)")
+    # headroom above the tallest bar (1.5 decades), so the legend never covers a bar
+    finite = [v for v in (*col("condition_number"), *col("condition_number_scaled")) if np.isfinite(v) and v > 0]
+    if finite:
+        ax1.set_ylim(top=max(finite) * 30)
     ax1.legend(fontsize=7, loc="upper right", framealpha=0.9)
     bars = ax2.bar(x, col("ess_per_grad"), 0.6, color="C2")
     for b, d in zip(bars, col("divergences")):
         ax2.annotate(f"{int(d)} div." if np.isfinite(d) else "? div.", (b.get_x() + b.get_width() / 2, b.get_height()),
                      ha="center", va="bottom", fontsize=8)
-    ax2.set_xticks(x, labels, rotation=20)
+    ax2.set_ylim(top=ax2.get_ylim()[1] * 1.12)  # headroom for the divergence labels
+    ax2.set_xticks(x, labels, rotation=20, ha="right")
     ax2.set_xlabel("parameterisation")
-    ax2.set_ylabel("min bulk ESS per gradient evaluation")
-    if title:
-        fig.suptitle(title)
+    ax2.set_ylabel("min bulk ESS\nper gradient evaluation")
+    n = len(labels)
+    fig.suptitle((f"{title}\n" if title else "")
+                 + f"{n} parameterisation{'s' if n != 1 else ''}: conditioning and sampling efficiency", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
