@@ -9,7 +9,9 @@ from jaxtyping import PyTree
 
 from ._density import free_filter
 from ._paths import path_to_str
-from ._unwrappable import NonTrainable, Unwrappable
+from numpyro.distributions import Distribution
+
+from ._unwrappable import Unwrappable
 
 
 def import_arviz():
@@ -22,21 +24,21 @@ def import_arviz():
 
 
 def _is_node(x: Any) -> bool:
-    return isinstance(x, Unwrappable)
+    # wrappers, and priors stored on a module (frozen, never posterior variables)
+    return isinstance(x, (Unwrappable, Distribution))
 
 
 def random_nodes(model: PyTree) -> list[tuple[str, int]]:
     """``(name, index)`` of each top-level node of ``model`` (a wrapper or a plain array)
     whose value depends on free arrays; ``index`` is its position among the leaves of
     ``model`` flattened with wrappers as leaves."""
-    out = []
-    flat = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_node)[0]
-    for i, (path, leaf) in enumerate(flat):
-        if isinstance(leaf, NonTrainable):
-            continue
-        if any(jax.tree_util.tree_leaves(free_filter(leaf))):
-            out.append((path_to_str(path) if path else "value", i))
-    return out
+    flat, treedef = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_node)
+    free = treedef.flatten_up_to(free_filter(model))
+    return [
+        (path_to_str(path) if path else "value", i)
+        for i, ((path, _), is_free) in enumerate(zip(flat, free))
+        if any(jax.tree_util.tree_leaves(is_free))
+    ]
 
 
 def draws_to_dict(model: PyTree, draws: PyTree) -> dict[str, np.ndarray]:

@@ -167,6 +167,9 @@ def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
     (fa, ba), (fb, bb) = _constraint_key(a), _constraint_key(b)
     if fa != fb:
         return False
+    elementwise = ("real", "greater_than", "less_than", "interval")
+    if fa not in elementwise and a.event_dim != b.event_dim:  # e.g. zero_sum over 2 axes vs 1
+        return False
     for x, y in zip(ba, bb):
         if _is_traced(x, y):
             continue
@@ -235,7 +238,7 @@ class _NamedBijector(Bijector):
             )
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
-            _check_prior(name, prior, support)
+            _check_prior(name, prior, support, value.shape)
 
     def _check_value(self, value: Array) -> None:
         name = type(self).__name__
@@ -259,16 +262,31 @@ class _NamedBijector(Bijector):
         return config
 
 
-def _check_prior(name: str, prior: Distribution, support: constraints.Constraint) -> None:
+def _check_prior(
+    name: str, prior: Distribution, support: constraints.Constraint, value_shape: tuple | None = None
+) -> None:
     if not isinstance(prior, Distribution):
         raise TypeError(f"{name}: prior must be a numpyro Distribution, got {type(prior).__name__}.")
     if not _same_support(prior.support, support):
         raise ValueError(
             f"{name}: the prior's support {_support_text(prior.support)} does not match the "
-            f"bijector's support {_support_text(support)}; its density would be wrong. Use a prior "
-            "on exactly this support (e.g. HalfNormal/LogNormal/Exponential for a positive value, "
-            "Beta or a TruncatedNormal with these bounds for an interval)."
+            f"bijector's support {_support_text(support)}, so it would put mass where the value "
+            "cannot go (or none where it can). Use a prior on exactly this support (e.g. "
+            "HalfNormal/LogNormal/Exponential for a positive value, Beta or a TruncatedNormal with "
+            "these bounds for an interval), or write the term in log_joint."
         )
+    if value_shape is not None:
+        shape = tuple(prior.batch_shape) + tuple(prior.event_shape)
+        try:
+            grown = jnp.broadcast_shapes(shape, tuple(value_shape)) != tuple(value_shape)
+        except ValueError:
+            grown = True
+        if grown:
+            raise ValueError(
+                f"{name}: the prior has shape {shape} but the value has shape {tuple(value_shape)}; "
+                "its log-density would be counted more than once. Give the prior the value's shape "
+                "(or one that broadcasts to it)."
+            )
 
 
 # --------------------------------------------------------------------------------------

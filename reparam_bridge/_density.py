@@ -58,10 +58,13 @@ def log_prior(tree: PyTree) -> Float[Array, ""]:
         -0.9189
     """
     total = jnp.zeros(())
-    for _, node, inner in walk_bijectors(tree):
-        prior = getattr(node, "prior", None)
+    for path, _, inner in walk_bijectors(tree):
+        prior = getattr(inner, "prior", None)
         if prior is not None:
-            total = total + jnp.sum(prior.log_prob(inner.unwrap()))
+            try:
+                total = total + jnp.sum(prior.log_prob(inner.unwrap()))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"log_prior: the prior of '{path}' fails on its value: {e}") from e
     return total
 
 

@@ -1,6 +1,7 @@
 """NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
 
 import functools
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -191,9 +192,13 @@ def sample(
         init_params = _initial_params(params, init_key, num_chains, init_jitter)
     else:
         init_params = _stack_inits(init, static, num_chains)
-    init_lp = jax.jit(jax.vmap(logdensity))(init_params)
-    if not bool(jnp.all(jnp.isfinite(init_lp))):
-        chain = int(np.argmin(np.isfinite(np.asarray(init_lp))))
+    # The same compiled potential checks the starts and serves NumPyro (no extra compile).
+    potential_fn = jax.jit(lambda p: -logdensity(p))
+    init_lp = np.array([
+        -float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)
+    ])
+    if not bool(np.all(np.isfinite(init_lp))):
+        chain = int(np.argmin(np.isfinite(init_lp)))
         start = eqx.combine(jax.tree_util.tree_map(lambda x: x[chain], init_params), static)
         why = diagnose_nonfinite(start, log_joint, args) or "the log-density is not finite"
         raise ValueError(
@@ -208,7 +213,6 @@ def sample(
         if kernel.lower() not in kernels:
             raise ValueError(f"kernel must be 'nuts', 'hmc' or a NumPyro kernel class, got {kernel!r}.")
         kernel = kernels[kernel.lower()]
-    potential_fn = jax.jit(lambda p: -logdensity(p))  # one compiled call for NumPyro's eager init
     mcmc = MCMC(
         kernel(potential_fn=potential_fn, **kernel_kwargs),
         num_warmup=num_warmup,
@@ -220,11 +224,19 @@ def sample(
     )
     if num_chains == 1:
         init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
-    mcmc.run(run_key, init_params=init_params, extra_fields=_EXTRA_FIELDS)
+    mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
     return Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
 
 
+def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
+    # The HMC family (NUTS included) has the fields ArviZ's sample_stats need; other kernels
+    # (BarkerMH, ...) have other states, so nothing extra is collected for them.
+    return _EXTRA_FIELDS if isinstance(mcmc.sampler, HMC) else ()
+
+
 def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
+    if "num_steps" not in extra:
+        return {}
     n_steps = np.asarray(extra["num_steps"])
     return {
         "diverging": np.asarray(extra["diverging"], dtype=bool),
@@ -272,13 +284,16 @@ class Posterior:
         self._log_likelihood = log_likelihood
         self._log_likelihood_values = log_likelihood_values
         self._draws = None
+        self._last_state = None
 
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
         stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True))
-        return cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
+        post = cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
                    log_likelihood=log_likelihood)
+        post._last_state = mcmc.last_state
+        return post
 
     @property
     def num_chains(self) -> int:
@@ -329,19 +344,24 @@ class Posterior:
         ``num_samples`` more draws; returns a Posterior holding the old and the new draws."""
         if self.mcmc is None:
             raise ValueError("resume: this Posterior has no live NumPyro MCMC (it was loaded from disk).")
-        mcmc = self.mcmc
-        mcmc.post_warmup_state = mcmc.last_state
+        # A shallow copy shares NumPyro's compiled functions but leaves this Posterior's MCMC
+        # (and any other Posterior resumed from it) untouched.
+        mcmc = copy.copy(self.mcmc)
+        mcmc._collection_params = dict(mcmc._collection_params)
+        mcmc.post_warmup_state = self._last_state
         if num_samples is not None:
             mcmc.num_samples = int(num_samples)
-            mcmc._set_collection_params()
+        mcmc._set_collection_params()
         mcmc.progress_bar = progress_bar
-        mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=_EXTRA_FIELDS)
+        mcmc.run(self._last_state.rng_key, extra_fields=_extra_fields(mcmc))
         new = Posterior._from_mcmc(self.model, self._static, mcmc, self._log_joint, self._args, self._log_likelihood)
         cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
         samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, new._samples)
         stats = {k: cat(self.sample_stats[k], new.sample_stats[k]) for k in self.sample_stats}
-        return Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
-                         args=self._args, log_likelihood=self._log_likelihood)
+        out = Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
+                        args=self._args, log_likelihood=self._log_likelihood)
+        out._last_state = new._last_state
+        return out
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``posterior.nc`` (ArviZ netCDF) and ``unconstrained.eqx`` (equinox

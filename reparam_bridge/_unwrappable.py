@@ -235,7 +235,8 @@ class NonTrainable(Unwrappable[T]):
 
 
 def non_trainable(tree: PyTree) -> PyTree:
-    """Wrap every inexact array (and every :class:`Constraint`) of ``tree`` in :class:`NonTrainable`.
+    """Wrap every inexact array (and every :class:`Constraint` and :class:`Bijector`) of
+    ``tree`` in :class:`NonTrainable`.
 
     Example:
         >>> import jax.numpy as jnp
@@ -244,16 +245,23 @@ def non_trainable(tree: PyTree) -> PyTree:
         >>> type(frozen["w"]).__name__, frozen["n"]
         ('NonTrainable', 3)
     """
+    from numpyro.distributions import Distribution
+
+    from ._bijector import Bijector
     from ._constraint import Constraint
 
+    # A bijector is frozen whole (its log-Jacobian and prior then count for nothing), and a
+    # prior distribution is left alone: neither holds free arrays to wrap one by one.
+    whole = (NonTrainable, Constraint, Bijector, Distribution)
+
     def _map_fn(leaf):
-        if eqx.is_inexact_array(leaf) or isinstance(leaf, Constraint):
+        if isinstance(leaf, Distribution) or isinstance(leaf, NonTrainable):
+            return leaf
+        if eqx.is_inexact_array(leaf) or isinstance(leaf, (Constraint, Bijector)):
             return NonTrainable(leaf)
         return leaf
 
-    return jax.tree_util.tree_map(
-        _map_fn, tree, is_leaf=lambda x: isinstance(x, (NonTrainable, Constraint))
-    )
+    return jax.tree_util.tree_map(_map_fn, tree, is_leaf=lambda x: isinstance(x, whole))
 
 
 def _inv_softplus(x: Array) -> Array:

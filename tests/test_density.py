@@ -201,3 +201,74 @@ def test_log_density_adds_likelihood_prior_and_jacobian(x64):
     params, static = rb.partition(tree)
     g = jax.jit(jax.grad(lambda p: rb.log_density(log_joint, eqx.combine(p, static), x, y)))(params)
     assert all(bool(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(g))
+
+
+def test_prior_shape_must_not_outgrow_the_value():
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+    import pytest
+
+    import reparam_bridge as rb
+
+    with pytest.raises(ValueError, match="counted more than once"):
+        rb.Positive(1.0, prior=dist.HalfNormal(jnp.ones(5)))
+    rb.Positive(jnp.ones(5), prior=dist.HalfNormal(1.0))  # broadcasting up to the value is fine
+
+
+def test_non_trainable_freezes_bijectors_whole_and_leaves_priors_alone():
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    import reparam_bridge as rb
+
+    model = {"s": rb.Positive(2.0, prior=dist.HalfNormal(jnp.array(1.0))), "w": jnp.ones(2)}
+    frozen = rb.non_trainable(model)
+    assert isinstance(frozen["s"], rb.NonTrainable) and isinstance(frozen["s"].tree, rb.Positive)
+    assert float(rb.log_prior(frozen)) == 0.0 and float(rb.log_det_jacobian(frozen)) == 0.0
+    assert jax.tree_util.tree_leaves(rb.partition(frozen)[0]) == []
+    assert float(rb.unwrap(frozen)["s"]) == 2.0
+
+
+def test_distributions_on_a_module_are_not_posterior_variables():
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    import reparam_bridge as rb
+    from reparam_bridge._arviz import random_nodes
+
+    class M(eqx.Module):
+        p: dist.Distribution
+        mu: rb.Real
+        c: rb.NonTrainable
+
+    names = [name for name, _ in random_nodes(M(dist.Normal(jnp.zeros(3), 1.0), rb.Real(0.0), rb.NonTrainable(jnp.ones(2))))]
+    assert names == ["mu"]
+
+
+def test_refs_inside_one_wrapper_and_bare_refs_resolve():
+    import jax.numpy as jnp
+    import pytest
+
+    import reparam_bridge as rb
+
+    class Pair(rb.Bijector):
+        mu: rb.Real
+        x: rb.Bijector
+
+        def unwrap(self):
+            return {"mu": self.mu, "x": self.x}
+
+        def log_det_jacobian(self):
+            return jnp.zeros(())
+
+    x = rb.Bounded.from_unconstrained(jnp.array(0.0), upper=rb.Ref("p.mu"))
+    tree = {"p": Pair(rb.Real(4.0), x), "alias": rb.Ref("p.x")}
+    values = rb.unwrap(tree)
+    assert float(values["p"]["x"]) == pytest.approx(3.0)  # 4 - exp(0)
+    assert float(values["alias"]) == pytest.approx(3.0)
+    loop = {"a": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("b")),
+            "b": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("a"))}
+    with pytest.raises(ValueError, match="circular"):
+        rb.unwrap(loop)

@@ -296,3 +296,36 @@ def test_save_load_round_trip(post, tmp_path):
         assert getattr(a, group).equals(getattr(b, group)), group
     with pytest.raises(ValueError, match="resume"):
         loaded.resume(10)
+
+
+def test_resume_leaves_the_original_posterior_untouched_and_chains_contiguous():
+    import jax
+    import numpy as np
+    import numpyro.distributions as dist
+
+    import reparam_bridge as rb
+
+    lj = lambda m: dist.Normal().log_prob(m["a"])  # noqa: E731
+    post = rb.sample({"a": rb.Real(0.0)}, lj, key=jax.random.key(0), num_warmup=100, num_samples=50,
+                     num_chains=2, progress_bar=False)
+    before = np.asarray(post.draws["a"]).copy()
+    first, again = post.resume(20), post.resume(20)
+    assert first.num_draws == again.num_draws == 70
+    np.testing.assert_allclose(first.draws["a"], again.draws["a"])  # same start: same continuation
+    np.testing.assert_allclose(post.draws["a"], before)
+    longer = first.resume(10)
+    np.testing.assert_allclose(longer.draws["a"][:, :70], first.draws["a"])
+
+
+def test_non_hmc_kernels_run_without_hmc_only_statistics():
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+
+    import reparam_bridge as rb
+
+    lj = lambda m: dist.Normal().log_prob(m["a"])  # noqa: E731
+    post = rb.sample({"a": rb.Real(0.0)}, lj, key=jax.random.key(0), num_warmup=100, num_samples=50,
+                     num_chains=2, chain_method="sequential", kernel=numpyro.infer.BarkerMH, progress_bar=False)
+    assert post.draws["a"].shape == (2, 50)
+    assert "posterior" in post.to_inference_data().groups()
