@@ -1,12 +1,17 @@
 """reparam_bridge: one wrapped Equinox PyTree for optax optimisation, NumPyro NUTS and ArviZ.
 
-See ``DESIGN.md`` in the repository for the contract. Example:
+The names of ``DESIGN.md``'s public contract, plus a few extensions (``Clamp``, ``Ref``,
+``LocScale``, ``reparameterize``, ``laplace`` and the submodules ``geometry``, ``numpyro``,
+``blackjax``). Example:
 
     >>> import reparam_bridge as rb
     >>> rb.unwrap({"sigma": rb.Positive(2.0)})
     {'sigma': Array(2., dtype=float32)}
 """
 
+from . import blackjax  # the adapter; BlackJAX itself is imported by the user, never here
+from . import geometry  # curvature, parameterisation comparison, plots
+from . import numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
 from ._bijector import (
     Bijector,
     Bounded,
@@ -29,8 +34,6 @@ from ._fit import FitResult, fit, map_estimate
 from ._laplace import LaplaceResult, laplace
 from ._locscale import LocScale, reparameterize
 from ._sample import Posterior, sample
-from . import blackjax  # the adapter; BlackJAX itself is imported by the user, never here
-from . import numpyro  # the submodule rb.numpyro; inside the package `import numpyro` is NumPyro
 from ._unwrappable import (
     NonTrainable,
     Parameterize,
@@ -44,17 +47,20 @@ from ._unwrappable import (
     unwrap,
 )
 
-from . import geometry  # rb.geometry: curvature, compare, plots
-
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "LaplaceResult", "fit", "laplace", "map_estimate",
-    "LocScale", "geometry", "reparameterize",
-    "Bijector", "Bounded", "Posterior", "sample", "Clamp", "Constrained", "Constraint", "CorrCholesky", "CorrMatrix",
-    "CovCholesky", "NonNegative", "NonTrainable", "Ordered", "Parameterize", "Positive",
-    "PositiveDefinite", "PositiveOrdered", "Real", "Ref", "Simplex", "SkewSymmetric", "Symmetric",
-    "Unwrappable", "WeightNormalization", "ZeroSum", "apply", "contains_constraints",
-    "contains_unwrappables", "finalize", "log_density", "log_det_jacobian", "log_prior",
-    "non_trainable", "partition", "unwrap",
+    # Unwrappables and constraints (paramax / klax compatible)
+    "Unwrappable", "unwrap", "contains_unwrappables", "Parameterize", "NonTrainable", "non_trainable",
+    "WeightNormalization", "Symmetric", "SkewSymmetric", "Ref",
+    "Constraint", "apply", "finalize", "contains_constraints", "NonNegative", "Clamp",
+    # bijectors
+    "Bijector", "log_det_jacobian", "Real", "Positive", "Bounded", "Simplex", "Ordered", "PositiveOrdered",
+    "CorrCholesky", "CorrMatrix", "CovCholesky", "PositiveDefinite", "ZeroSum", "Constrained",
+    "LocScale", "reparameterize",
+    # densities, optimisation, sampling
+    "partition", "log_prior", "log_density", "fit", "map_estimate", "FitResult", "laplace", "LaplaceResult",
+    "sample", "Posterior",
+    # submodules
+    "geometry", "numpyro", "blackjax",
 ]

@@ -28,7 +28,6 @@ from ._unwrappable import (
     _unwrap_plain,
     RefResolver,
     contains_refs,
-    unwrap,
 )
 
 
@@ -138,13 +137,19 @@ def _is_traced(*xs: Any) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
 
 
-def _bound_field(name: str, bound: Any) -> Any:
-    """Constant bounds are frozen (never free); wrapped bounds and :class:`Ref` s stay live."""
-    if bound is None or isinstance(bound, (Unwrappable, Ref)):
-        return bound
-    arr = _as_float_array(bound)
+def frozen_or_live(name: str, x: Any, *, owner: str = "Bounded", required: bool = False) -> Any:
+    """A configuration field: constants are frozen in a :class:`NonTrainable` (never free,
+    checked finite); wrapped parameters and :class:`Ref` s stay live."""
+    if x is None:
+        if required:
+            raise TypeError(f"{owner}: {name} is required (a constant, a wrapped parameter or rb.Ref).")
+        return None
+    if isinstance(x, (Unwrappable, Ref)):
+        return x
+    arr = _as_float_array(x)
     if not _is_traced(arr) and not bool(jnp.all(jnp.isfinite(arr))):
-        raise ValueError(f"Bounded: {name} bound must be finite (use None for no bound), got {bound}.")
+        hint = "" if required else " (use None for no bound)"
+        raise ValueError(f"{owner}: {name} must be finite{hint}, got {x}.")
     return NonTrainable(arr)
 
 
@@ -381,7 +386,7 @@ class Bounded(_NamedBijector):
     def _config(cls, lower: Any = None, upper: Any = None) -> dict[str, Any]:
         if lower is None and upper is None:
             raise ValueError("Bounded: give lower, upper or both (for no bound use rb.Real).")
-        lower, upper = _bound_field("lower", lower), _bound_field("upper", upper)
+        lower, upper = frozen_or_live("lower", lower), frozen_or_live("upper", upper)
         lo = lower.tree if isinstance(lower, NonTrainable) else None
         hi = upper.tree if isinstance(upper, NonTrainable) else None
         if lo is not None and hi is not None and not _is_traced(lo, hi) and not bool(jnp.all(lo < hi)):

@@ -5,7 +5,6 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpyro.distributions as dist
 from jaxtyping import Array
 

@@ -10,7 +10,6 @@ from jaxtyping import Array, Float, PyTree
 from numpyro.distributions import Distribution
 
 from ._bijector import Bijector, walk_bijectors
-from ._constraint import Constraint, NonNegative
 from ._paths import path_to_str
 from ._unwrappable import NonTrainable, Unwrappable, unwrap
 

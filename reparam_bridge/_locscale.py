@@ -20,17 +20,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 from numpyro.distributions import Distribution, constraints
 
-from ._bijector import Bijector, _as_float_array, _build, _check_prior, _is_traced
-from ._unwrappable import NonTrainable, Ref, Unwrappable, _unwrap_plain, contains_refs, resolve_refs, unwrap
-
-
-def _loc_scale_field(name: str, x: Any) -> Any:
-    """Constants are frozen (never free); wrapped parameters and :class:`Ref` s stay live."""
-    if isinstance(x, (Unwrappable, Ref)):
-        return x
-    if x is None:
-        raise TypeError(f"LocScale: {name} is required (a constant, a wrapped parameter or rb.Ref).")
-    return NonTrainable(_as_float_array(x))
+from ._bijector import Bijector, _as_float_array, _build, _check_prior, _is_traced, frozen_or_live
+from ._unwrappable import _unwrap_plain, contains_refs, resolve_refs, unwrap
 
 
 def _check_centered(centered: Any) -> float:
@@ -151,8 +142,8 @@ class LocScale(Bijector):
         prior: Distribution | None = None,
     ):
         c = _check_centered(centered)
-        self.loc = _loc_scale_field("loc", loc)
-        self.scale = _loc_scale_field("scale", scale)
+        self.loc = frozen_or_live("loc", loc, owner="LocScale", required=True)
+        self.scale = frozen_or_live("scale", scale, owner="LocScale", required=True)
         self.centered = c
         self.prior = prior
         x = _as_float_array(value)
@@ -197,8 +188,8 @@ class LocScale(Bijector):
         return _build(
             cls,
             unconstrained=_as_float_array(unconstrained),
-            loc=_loc_scale_field("loc", loc),
-            scale=_loc_scale_field("scale", scale),
+            loc=frozen_or_live("loc", loc, owner="LocScale", required=True),
+            scale=frozen_or_live("scale", scale, owner="LocScale", required=True),
             centered=_check_centered(centered),
             prior=prior,
         )

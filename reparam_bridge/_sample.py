@@ -16,18 +16,17 @@ from numpyro.infer import HMC, MCMC, NUTS
 
 from ._arviz import draws_to_dict, to_inference_data
 from ._bijector import walk_bijectors
-from ._density import check_bijective, log_density, partition
+from ._density import check_bijective, partition
 from ._paths import leaves_with_paths
 from ._unwrappable import unwrap
+from ._util import NegLogDensity, tree_depth
 
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
 
 def _logdensity_fn(log_joint: Callable, static: PyTree, args: tuple) -> Callable[[PyTree], Array]:
-    def logdensity(params: PyTree) -> Array:
-        return log_density(log_joint, eqx.combine(params, static), *args, jacobian=True)
-
-    return logdensity
+    neg = NegLogDensity(log_joint, True, static)
+    return lambda params: -neg(params, *args)
 
 
 def _check_key(key: Any) -> None:
@@ -241,7 +240,7 @@ def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
     return {
         "diverging": np.asarray(extra["diverging"], dtype=bool),
         "n_steps": n_steps,
-        "tree_depth": (np.floor(np.log2(np.maximum(n_steps, 1))) + 1).astype(np.int64),
+        "tree_depth": tree_depth(n_steps),
         "energy": np.asarray(extra["energy"]),
         "lp": -np.asarray(extra["potential_energy"]),
         "acceptance_rate": np.asarray(extra["accept_prob"]),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, PyTree
 
-from ._paths import get_by_path, leaves_with_paths
+from ._paths import get_by_path
 
 T = TypeVar("T")
 

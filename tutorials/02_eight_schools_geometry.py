@@ -136,7 +136,7 @@ def main(fast: bool, out: str) -> list[str]:
     paths.append(rb.geometry.plot_trace(posteriors[labels[1.0]], os.path.join(out, "02_trace_centred.png"),
                                         var_names=["mu", "tau", "theta"], title="centred: trace"))
     paths.append(rb.geometry.plot_condition_numbers(table, os.path.join(out, "02_condition_numbers.png"),
-                                                    title="eight schools: three parameterisations"))
+                                                    title="eight schools"))
     for p in paths:
         print("wrote", p)
     return paths
