@@ -729,6 +729,13 @@ class Constrained(_NamedBijector):
             T.biject_to(constraint)
         except NotImplementedError:
             raise ValueError(f"Constrained: numpyro's biject_to has no transform for {constraint}.") from None
+        if any(isinstance(v, jax.Array) for v in vars(constraint).values()):
+            # The constraint is a static field (part of the jit cache key): JAX arrays there
+            # would recompile for every new instance, and equinox warns about them.
+            raise TypeError(
+                f"Constrained: {constraint} holds JAX arrays; give Python/NumPy numbers, or use "
+                "rb.Bounded(value, lower=..., upper=...) for array bounds."
+            )
         return {"constraint": constraint}
 
     @classmethod

@@ -384,3 +384,15 @@ def test_ref_errors():
         rb.unwrap({"b": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("nowhere"))})
     with pytest.raises(TypeError, match="Bounded.*from_unconstrained"):
         rb.Bounded(1.0, upper=rb.Ref("a"))
+
+
+def test_constrained_refuses_jax_array_bounds_in_its_static_constraint():
+    import jax.numpy as jnp
+    import pytest
+    from numpyro.distributions import constraints
+
+    import reparam_bridge as rb
+
+    with pytest.raises(TypeError, match="rb.Bounded"):
+        rb.Constrained(0.5, constraints.interval(jnp.array(0.0), jnp.array(1.0)))
+    assert float(rb.unwrap(rb.Constrained(0.5, constraints.interval(0.0, 1.0)))) == pytest.approx(0.5)
