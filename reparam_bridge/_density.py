@@ -11,7 +11,7 @@ from numpyro.distributions import Distribution
 
 from ._bijector import Bijector, walk_bijectors
 from ._paths import path_to_str
-from ._unwrappable import NonTrainable, Unwrappable, unwrap
+from ._unwrappable import NonTrainable, Unwrappable, contains_refs, unwrap
 
 
 def _is_frozen(x: Any) -> bool:
@@ -75,6 +75,7 @@ _INSTEAD = {
     "Symmetric": "rb.PositiveDefinite (for SPD matrices) or a rb.Bijector over the lower triangle",
     "SkewSymmetric": "a rb.Bijector over the strictly lower triangle",
 }
+_FROZEN_REF = "NonTrainable holding an rb.Ref"
 
 
 def non_bijective_paths(tree: PyTree) -> list[tuple[str, str]]:
@@ -84,6 +85,8 @@ def non_bijective_paths(tree: PyTree) -> list[tuple[str, str]]:
 
     def _visit(node, prefix):
         if isinstance(node, NonTrainable):
+            if contains_refs(node):  # stop_gradient would cut the referenced parameter's gradient
+                found.append((path_to_str(prefix), _FROZEN_REF))
             return
         if not isinstance(node, Bijector):
             found.append((path_to_str(prefix), type(node).__name__))
@@ -107,6 +110,12 @@ def check_bijective(tree: PyTree, what: str = "log_density(..., jacobian=True)")
     bad = non_bijective_paths(tree)
     if bad:
         path, cls = bad[0]
+        if cls == _FROZEN_REF:
+            raise TypeError(
+                f"{what}: the rb.NonTrainable at '{path}' holds an rb.Ref; freezing stops the gradient "
+                "to the referenced parameter, so gradient-based samplers would be wrong. Put a "
+                "constant there instead of the Ref, or leave the node unfrozen."
+            )
         instead = _INSTEAD.get(cls, "a rb.Bijector (named, or your own subclass)")
         more = f" (and {len(bad) - 1} more: {', '.join(p for p, _ in bad[1:])})" if len(bad) > 1 else ""
         raise TypeError(

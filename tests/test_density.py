@@ -272,3 +272,16 @@ def test_refs_inside_one_wrapper_and_bare_refs_resolve():
             "b": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("a"))}
     with pytest.raises(ValueError, match="circular"):
         rb.unwrap(loop)
+
+
+def test_a_frozen_node_holding_a_ref_is_refused_for_sampling():
+    import jax.numpy as jnp
+    import pytest
+
+    import reparam_bridge as rb
+
+    tree = {"mu": rb.Real(1.0),
+            "theta": rb.NonTrainable(rb.LocScale.from_unconstrained(jnp.array(0.5), rb.Ref("mu"), 1.0, centered=0.0))}
+    with pytest.raises(TypeError, match="'theta'.*holds an rb.Ref"):
+        rb.log_density(lambda m: 0.0, tree)
+    assert jnp.isfinite(rb.log_density(lambda m: 0.0, tree, jacobian=False))
