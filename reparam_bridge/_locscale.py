@@ -165,7 +165,7 @@ class LocScale(Bijector):
             shape = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc_v), jnp.shape(scale_v))
             self.unconstrained = jnp.broadcast_to(_inverse(x, loc_v, scale_v, c), shape).astype(x.dtype)
         if prior is not None:
-            _check_prior("LocScale", prior, constraints.real)
+            _check_prior("LocScale", prior, constraints.real, jnp.shape(self.unconstrained))
 
     @classmethod
     def from_unconstrained(
