@@ -158,10 +158,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.quick:
-        settings = dict(num_warmup=100, num_samples=100, num_chains=4, target_accept_prob=0.8)
+        settings = common.nuts_settings(quick=True)
         cases = {"eight": (bench_nuts.eight_schools, eight_schools_ld), "logistic": (bench_nuts.hier_logistic, logistic_ld)}
     else:
-        settings = dict(num_warmup=500, num_samples=500, num_chains=4, target_accept_prob=0.8)
+        settings = common.nuts_settings(quick=False)
         cases = {"eight": (bench_nuts.eight_schools, eight_schools_ld), "logistic": (bench_nuts.hier_logistic, logistic_ld),
                  "gp": (bench_nuts.gp, gp_ld), "mlp": (bench_nuts.mlp, mlp_ld)}
     if args.only:

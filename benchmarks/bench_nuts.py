@@ -373,12 +373,12 @@ def main(argv=None):
     repeats = args.repeats or (1 if args.quick else 3)
     if args.quick:
         # short chains, small versions; by default two posteriors: a smoke run of the whole protocol
-        settings = dict(num_warmup=100, num_samples=100, num_chains=4, target_accept_prob=0.8)
+        settings = common.nuts_settings(quick=True)
         cases = {"eight": eight_schools, "logistic": hier_logistic, "gp": lambda: gp(30),
                  "multigp": lambda: multi_gp(10), "mlp": lambda: mlp(50, 8, max_tree_depth=6)}
         args.only = args.only or "eight,logistic"
     else:
-        settings = dict(num_warmup=500, num_samples=500, num_chains=4, target_accept_prob=0.8)
+        settings = common.nuts_settings(quick=False)
         cases = {"eight": eight_schools, "logistic": hier_logistic, "gp": gp, "multigp": multi_gp, "mlp": mlp}
     if args.only:
         cases = {k: v for k, v in cases.items() if k in args.only.split(",")}

@@ -28,6 +28,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def nuts_settings(quick: bool) -> dict[str, Any]:
+    """The sampler settings every NUTS benchmark shares (bench_nuts and bench_blackjax compare
+    engines on exactly these)."""
+    n = 100 if quick else 500
+    return dict(num_warmup=n, num_samples=n, num_chains=4, target_accept_prob=0.8)
+
+
 def block(tree: Any) -> Any:
     """Wait for every array in ``tree`` (JAX dispatches asynchronously)."""
     return jax.block_until_ready(tree)
