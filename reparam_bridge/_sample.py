@@ -18,6 +18,7 @@ from ._arviz import draws_to_dict, to_inference_data
 from ._bijector import walk_bijectors
 from ._density import check_bijective, partition
 from ._paths import leaves_with_paths
+from ._sharded import args_are_sharded, sample_sharded
 from ._unwrappable import unwrap
 from ._util import NegLogDensity, tree_depth
 
@@ -184,15 +185,16 @@ def sample(
     """
     _check_key(key)
     params, static = check_model(model, log_joint, args, "rb.sample")
-    logdensity = _logdensity_fn(log_joint, static, args)
 
     init_key, run_key = jax.random.split(key)
     if init is None:
         init_params = _initial_params(params, init_key, num_chains, init_jitter)
     else:
         init_params = _stack_inits(init, static, num_chains)
-    # The same compiled potential checks the starts and serves NumPyro (no extra compile).
-    potential_fn = jax.jit(lambda p: -logdensity(p))
+    # The same compiled potential checks the starts and serves NumPyro (no extra compile);
+    # the data is its argument, not a constant, so sharded data stays sharded.
+    neg_log_density = NegLogDensity(log_joint, True, static)
+    potential_fn = functools.partial(eqx.filter_jit(lambda p, a: neg_log_density(p, *a)), a=args)
     init_lp = np.array([
         -float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)
     ])
@@ -205,15 +207,14 @@ def sample(
             "Start from valid values (e.g. the result of rb.map_estimate) or pass init=."
         )
 
+    if chain_method == "sharded" or (chain_method is None and args_are_sharded(args)):
+        return sample_sharded(model, static, log_joint, args, _kernel_class(kernel), kernel_kwargs, init_params,
+                              run_key, num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
+                              log_likelihood=log_likelihood)
     if chain_method is None:
         chain_method = "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
-    if isinstance(kernel, str):
-        kernels = {"nuts": NUTS, "hmc": HMC}
-        if kernel.lower() not in kernels:
-            raise ValueError(f"kernel must be 'nuts', 'hmc' or a NumPyro kernel class, got {kernel!r}.")
-        kernel = kernels[kernel.lower()]
     mcmc = MCMC(
-        kernel(potential_fn=potential_fn, **kernel_kwargs),
+        _kernel_class(kernel)(potential_fn=potential_fn, **kernel_kwargs),
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -225,6 +226,15 @@ def sample(
         init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
     mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
     return Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+
+
+def _kernel_class(kernel: type | str) -> type:
+    if isinstance(kernel, str):
+        kernels = {"nuts": NUTS, "hmc": HMC}
+        if kernel.lower() not in kernels:
+            raise ValueError(f"kernel must be 'nuts', 'hmc' or a NumPyro kernel class, got {kernel!r}.")
+        kernel = kernels[kernel.lower()]
+    return kernel
 
 
 def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
@@ -317,7 +327,8 @@ class Posterior:
             fn, args = self._log_likelihood, self._args
             flat = jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), self._samples)
             static = self._static
-            out = jax.jit(jax.vmap(lambda p: fn(unwrap(eqx.combine(p, static)), *args)))(flat)
+            pointwise = lambda p, a: fn(unwrap(eqx.combine(p, static)), *a)  # noqa: E731 - data as argument
+            out = eqx.filter_jit(eqx.filter_vmap(pointwise, in_axes=(0, None)))(flat, args)
             out = out if isinstance(out, dict) else {"obs": out}
             self._log_likelihood_values = {
                 k: np.asarray(v).reshape(self.num_chains, self.num_draws, *np.shape(v)[1:]) for k, v in out.items()

@@ -1,0 +1,159 @@
+"""``rb.sample(..., chain_method="sharded")``: NumPyro's kernel driven on a JAX device mesh.
+
+NumPyro's own ``"parallel"`` method is ``pmap`` over the local devices of one process, and
+its MCMC closes over the data, which puts every argument on one device. Here NumPyro's
+kernel (``kernel.init`` / ``kernel.sample`` under ``vmap`` over chains, as its
+``"vectorized"`` method does, so warmup adapts each chain separately) runs inside one jitted
+function whose inputs carry shardings:
+
+* **many chains**: the chain axis is split over a ``Mesh`` of ``jax.devices()`` (every
+  device of every process after ``jax.distributed.initialize``) with ``shard_map``; within a
+  device the chains are vectorized. Each device runs its own NUTS loops: no device waits
+  for the longest trajectory of another.
+* **big data**: ``*args`` placed with a ``NamedSharding`` stay sharded (they are arguments
+  of the compiled function, never constants), the chains are replicated over the data's
+  devices, and the log-likelihood sum is a cross-device reduction that XLA inserts. When
+  the data's mesh has an axis named ``"chains"``, the chains are split along it too.
+
+The draws are gathered to the host (on every process, process 0 included) into an ordinary
+:class:`~reparam_bridge.Posterior`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import PyTree
+from numpyro.infer import HMC
+
+CHAINS = "chains"  # the mesh axis the chains are split along
+
+
+def _sharded_leaves(args: tuple) -> list[jax.Array]:
+    return [
+        x for x in jax.tree_util.tree_leaves(args)
+        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+    ]
+
+
+def args_are_sharded(args: tuple) -> bool:
+    """Whether some array in ``args`` is split over several devices (then ``rb.sample``
+    keeps it so, through this module, rather than NumPyro's MCMC, which would gather it)."""
+    return bool(_sharded_leaves(args))
+
+
+def chain_layout(args: tuple, num_chains: int) -> tuple[Mesh, P]:
+    """The mesh and the spec of the chain axis: the data's mesh if ``args`` are sharded
+    (chains split along its ``"chains"`` axis if it has one, else replicated), else a 1-D
+    mesh ``("chains",)`` over every device of every process."""
+    data = _sharded_leaves(args)
+    meshes = {x.sharding.mesh for x in data if isinstance(x.sharding, NamedSharding)}
+    if len(meshes) > 1:
+        raise ValueError("rb.sample: the sharded arrays in *args use different meshes; place them all on one Mesh.")
+    if data and not meshes:
+        raise TypeError(
+            f"rb.sample: a sharded argument has a {type(data[0].sharding).__name__}; place data with "
+            "jax.device_put(x, NamedSharding(mesh, PartitionSpec('data'))) so that its mesh is known."
+        )
+    mesh = meshes.pop() if meshes else Mesh(np.array(jax.devices()), (CHAINS,))
+    spec = P(CHAINS) if CHAINS in mesh.axis_names else P()
+    n = mesh.shape[CHAINS] if CHAINS in mesh.axis_names else 1
+    if num_chains % n:
+        raise ValueError(
+            f"rb.sample(chain_method='sharded'): num_chains={num_chains} is not a multiple of the {n} "
+            f"devices along the mesh axis '{CHAINS}'; use num_chains={n * max(1, round(num_chains / n))} "
+            "(or any multiple of jax.device_count())."
+        )
+    return mesh, spec
+
+
+def _global(x: Any, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same value on every process) as one global array with ``sharding``."""
+    if isinstance(x, jax.Array) and x.sharding.device_set == sharding.mesh._flat_devices_set:
+        return x  # already placed by the user over the mesh's devices: keep it as it is
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        raise ValueError("rb.sample: an argument spans processes but not the devices of the sampling mesh.")
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _gather(tree: PyTree) -> PyTree:
+    """Host copies of global arrays; with several processes every process gets the whole."""
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def sample_sharded(model: PyTree, static: PyTree, log_joint: Callable, args: tuple, kernel: type,
+                   kernel_kwargs: dict, init_params: PyTree, key: jax.Array, *, num_warmup: int,
+                   num_samples: int, thinning: int, log_likelihood: Callable | None):
+    """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
+    mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``)."""
+    from ._sample import _EXTRA_FIELDS, Posterior, _logdensity_fn, _sample_stats
+
+    num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
+    if thinning < 1:
+        raise ValueError(f"rb.sample: thinning must be >= 1, got {thinning}.")
+    mesh, spec = chain_layout(args, num_chains)
+    chains, replicated = NamedSharding(mesh, spec), NamedSharding(mesh, P())
+
+    keys = jax.random.split(key, num_chains)
+    keys = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
+    keys = _global(np.asarray(keys), chains)
+    init = jax.tree_util.tree_map(lambda x: _global(np.asarray(x), chains), init_params)
+    # Arrays are arguments of the compiled function (constants would be copied onto one
+    # device); everything else in args (Python scalars, strings) is closed over.
+    arrays, others = eqx.partition(args, eqx.is_array)
+    arrays = jax.tree_util.tree_map(lambda x: _global(x, replicated), arrays)
+    fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
+
+    def collect(state):
+        out = {"z": state.z}
+        for name in fields:
+            value = state
+            for part in name.split("."):
+                value = getattr(value, part)
+            out[name] = value
+        return out
+
+    def run(keys, init, arrays):
+        logdensity = _logdensity_fn(log_joint, static, eqx.combine(arrays, others))
+        sampler = kernel(potential_fn=lambda p: -logdensity(p), **kernel_kwargs)
+        # typed keys with a chain axis: NumPyro takes its vectorized path (vmap of init and sample)
+        state = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
+        # One loop over warmup and sampling compiles NUTS once (a loop for each would compile
+        # it twice); draw k is written at slot k // thinning, in place.
+        buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((num_samples, *x.shape), x.dtype), collect(state))
+
+        def body(i, carry):
+            state, buffer = carry
+            state = sampler.sample(state, (), {})
+            k = i - num_warmup
+            keep = (k >= 0) & ((k + 1) % thinning == 0)
+            slot = jnp.maximum(k, 0) // thinning
+
+            def write(buf, new):
+                old = jax.lax.dynamic_index_in_dim(buf, slot, keepdims=False)
+                return jax.lax.dynamic_update_index_in_dim(buf, jnp.where(keep, new, old), slot, 0)
+
+            return state, jax.tree_util.tree_map(write, buffer, collect(state))
+
+        _, out = jax.lax.fori_loop(0, num_warmup + num_samples * thinning, body, (state, buffer))
+        return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)  # (chain, draw, ...)
+
+    if spec == P(CHAINS):
+        # manual over the chain axis only: each device runs its own chains' loops; any other
+        # mesh axis (the data's) stays under XLA's automatic partitioning
+        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, P()), out_specs=spec,
+                            axis_names={CHAINS}, check_vma=False)
+    out = _gather(jax.jit(run)(keys, init, arrays))
+    samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
+    stats = _sample_stats(out) if fields else {}
+    return Posterior(model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args,
+                     log_likelihood=log_likelihood)
