@@ -161,7 +161,7 @@ def laplace(
     )
     if num_psis_draws:
         key = jax.random.key(0) if key is None else key
-        khat, lw, ess = _psis(result, neg_log_p, key, int(num_psis_draws))
+        khat, lw, ess = _psis(result, neg_log_p, args, key, int(num_psis_draws))
         result = LaplaceResult(
             mean=model, covariance=covariance, precision_cholesky=chol, names=names,
             khat=khat, log_weights=jnp.asarray(lw), ess=ess,
@@ -169,7 +169,7 @@ def laplace(
     return result
 
 
-def _psis(result: LaplaceResult, neg_log_p, key, num_draws: int) -> tuple[float, np.ndarray, float]:
+def _psis(result: LaplaceResult, neg_log_p, args, key, num_draws: int) -> tuple[float, np.ndarray, float]:
     z, eps = result._unconstrained(key, (num_draws,))
     n = z.shape[-1]
     log_q = (
@@ -177,7 +177,7 @@ def _psis(result: LaplaceResult, neg_log_p, key, num_draws: int) -> tuple[float,
         + jnp.sum(jnp.log(jnp.diag(result.precision_cholesky)))
         - 0.5 * n * jnp.log(2 * jnp.pi)
     )
-    log_p = -jax.jit(jax.vmap(neg_log_p))(z)
+    log_p = -eqx.filter_jit(eqx.filter_vmap(neg_log_p, in_axes=(0, None)))(z, args)  # data as argument
     log_ratios = np.asarray(log_p - log_q, dtype=np.float64)
     log_ratios = np.where(np.isfinite(log_ratios), log_ratios, -np.inf)
     with warnings.catch_warnings():

@@ -62,7 +62,7 @@ class HessianAt(NamedTuple):
     flat: Float[Array, " n"]  # the free arrays of the point, flattened (``ravel_pytree``)
     unravel: Callable[[Array], PyTree]
     names: tuple[str, ...]
-    neg_log_p: Callable[[Array], Float[Array, ""]]  # flat free arrays -> -log density
+    neg_log_p: Callable[..., Float[Array, ""]]  # (flat free arrays, args=the data) -> -log density
     grad: Float[Array, " n"]  # of ``neg_log_p`` at ``flat``
     hessian: Float[Array, "n n"]  # of ``neg_log_p`` at ``flat``, symmetrised
 
@@ -84,10 +84,12 @@ def neg_log_density_hessian(log_joint: Callable[..., Any], model: PyTree, args: 
     flat, unravel = ravel_pytree(params)
     density = NegLogDensity(log_joint, True, static)
 
-    def neg_log_p(x):
+    def neg_log_p(x, args=args):
         return density(unravel(x), *args)
 
-    grad, hess = jax.jit(lambda x: (jax.grad(neg_log_p)(x), jax.hessian(neg_log_p)(x)))(flat)
+    # the data is an argument of the compiled function (a constant would be copied onto one
+    # device, gathering data that the caller sharded)
+    grad, hess = eqx.filter_jit(lambda x, a: (jax.grad(neg_log_p)(x, a), jax.hessian(neg_log_p)(x, a)))(flat, args)
     hess = 0.5 * (hess + hess.T)
     return HessianAt(flat, unravel, tuple(coordinate_names(params)), neg_log_p, grad, hess)
 
