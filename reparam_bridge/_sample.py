@@ -161,9 +161,13 @@ def sample(
     models, or one whose free arrays have a leading chain axis).
 
     Args:
-        chain_method: NumPyro's ``"parallel"`` (one chain per JAX device), ``"vectorized"`` or
-            ``"sequential"``. Default: ``"parallel"`` when there are enough devices, else
-            ``"vectorized"``.
+        chain_method: ``"sharded"``: chains split over every device of every process (a
+            ``Mesh`` of ``jax.devices()``; after ``jax.distributed.initialize`` too), vectorized
+            within a device; ``num_chains`` a multiple of the device count. Or NumPyro's
+            ``"parallel"`` (one chain per local device), ``"vectorized"``, ``"sequential"``.
+            Default: ``"sharded"`` when some array in ``args`` is split over devices (it stays
+            split; see ``reparam_bridge._sharded``), else ``"parallel"`` when there are enough
+            devices, else ``"vectorized"``. ``"sharded"`` returns ``mcmc=None`` (no ``resume``).
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.

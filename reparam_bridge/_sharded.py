@@ -16,7 +16,28 @@ function whose inputs carry shardings:
   the data's mesh has an axis named ``"chains"``, the chains are split along it too.
 
 The draws are gathered to the host (on every process, process 0 included) into an ordinary
-:class:`~reparam_bridge.Posterior`.
+:class:`~reparam_bridge.Posterior`. The two recipes, which run unchanged on one CPU:
+
+    >>> import jax, numpy as np, numpyro.distributions as dist
+    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> import reparam_bridge as rb
+    >>> model = {"mu": rb.Real(0.0), "sigma": rb.Positive(1.0)}
+    >>> def log_joint(m, y):
+    ...     return dist.Normal(0, 10).log_prob(m["mu"]) + dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum()
+    >>> y = np.random.default_rng(0).normal(1.0, 1.0, 64 * jax.device_count()).astype(np.float32)
+    >>> # many chains: a multiple of the device count, split over every device of every process
+    >>> post = rb.sample(model, log_joint, y, key=jax.random.key(0), num_chains=2 * jax.device_count(),
+    ...                  chain_method="sharded", num_warmup=100, num_samples=100, progress_bar=False)
+    >>> post.draws["mu"].shape == (2 * jax.device_count(), 100)
+    True
+    >>> # big data: split along the observation axis; it stays split, chains are replicated
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    >>> ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+    >>> fit = rb.map_estimate(model, log_joint, ys, steps=100, progress_bar=False)
+    >>> post = rb.sample(fit.model, log_joint, ys, key=jax.random.key(1), num_chains=2,
+    ...                  num_warmup=100, num_samples=100, progress_bar=False)
+    >>> post.draws["sigma"].shape, ys.sharding.spec
+    ((2, 100), PartitionSpec('data',))
 """
 
 from collections.abc import Callable
@@ -26,7 +47,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 from numpyro.infer import HMC
 
@@ -73,7 +95,7 @@ def chain_layout(args: tuple, num_chains: int) -> tuple[Mesh, P]:
 
 def _global(x: Any, sharding: NamedSharding) -> jax.Array:
     """``x`` (the same value on every process) as one global array with ``sharding``."""
-    if isinstance(x, jax.Array) and x.sharding.device_set == sharding.mesh._flat_devices_set:
+    if isinstance(x, jax.Array) and x.sharding.device_set == set(sharding.mesh.devices.flat):
         return x  # already placed by the user over the mesh's devices: keep it as it is
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         raise ValueError("rb.sample: an argument spans processes but not the devices of the sampling mesh.")

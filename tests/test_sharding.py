@@ -12,7 +12,6 @@ posterior for ``mu``; ``s ~ Gamma(3, 2)`` with no data keeps its prior (a check 
 Cost on 2 CPU cores: about 1.5 minutes (three JAX start-ups, five NUTS compilations).
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -62,7 +61,7 @@ COMMON = textwrap.dedent(
 )
 
 FOUR_DEVICES = COMMON + textwrap.dedent(
-    """
+    r"""
     import glob, os, re, sys
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -152,7 +151,7 @@ def _env(devices: int) -> dict:
 def test_chains_and_data_over_four_devices(tmp_path):
     env = _env(4)
     env["XLA_FLAGS"] += f" --xla_dump_to={tmp_path} --xla_dump_hlo_as_text"
-    out = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path)], env=env,
+    out = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path)], env=env, check=False,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "OK four devices" in out.stdout
@@ -210,7 +209,7 @@ def test_two_processes_sample_one_posterior(tmp_path):
     assert got["mu"].shape == (8, 400) and got["diverging"].shape == (8, 400)
     # a single-process run (this process: one device) of the same posterior, and the exact one
     ns = {}
-    exec(COMMON, ns)
+    exec(COMMON, ns)  # noqa: S102 - the very code the two processes ran
     single = rb.sample(ns["model"](), ns["log_joint"], ns["data"](20), key=jax.random.key(5), num_warmup=400,
                        num_samples=400, num_chains=8, chain_method="sharded", progress_bar=False)
     ns["check_moments"]({"mu": got["mu"], "s": got["s"]}, ns["reference"](ns["data"](20)), "two processes")
