@@ -411,3 +411,9 @@ def from_netcdf(path: str | os.PathLike):
         idata = idata.load()
         idata.close()
     return idata
+
+
+def from_numpyro(mcmc: Any, *, log_likelihood: bool = True, coords: Mapping | None = None, dims: Mapping | None = None):
+    """``az.from_numpyro`` with the same groups on both lines (1.x leaves ``log_likelihood`` out
+    unless asked; 0.2x includes it by default)."""
+    return import_arviz().from_numpyro(mcmc, log_likelihood=log_likelihood, coords=coords, dims=dims)
