@@ -11,11 +11,14 @@ site without touching the docs:
 
 The package is read by static analysis (griffe), as mkdocstrings does: the build does not
 import it, so it needs neither JAX nor NumPyro. The hook also publishes the figures of
-``benchmarks/figures/`` under ``benchmarks/figures/`` of the site (no copies in docs/).
+``benchmarks/figures/`` under ``benchmarks/figures/`` of the site (no copies in docs/), and
+fills the validation section of the benchmarks page from ``tests/validation/`` (the list of
+reference posteriors and the criteria, read from the test files, so the page follows them).
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from pathlib import Path
@@ -131,13 +134,16 @@ def build_pages() -> tuple[dict[str, str], list[Any]]:
         body += [f"::: {ROOT}.{name}\n" for name in here]
         pages[f"api/{page}.md"] = "\n".join(body)
         nav.append({title: f"api/{page}.md"})
-        index += [f"## [{title}]({page}.md)", "", "| name | |", "|---|---|"]
+        index += [f"## [{title}]({page}.md)", "", "| name | summary |", "|---|---|"]
         index += [f"| [`rb.{n}`][{ROOT}.{n}] | {_summary(_target(pkg, n))} |" for n in here]
         index.append("")
     if modules:
-        index += ["## Submodules", "", "| module | |", "|---|---|"]
+        index += ["## Submodules", "", "| module | summary |", "|---|---|"]
     for name in modules:
         sub = _target(pkg, name)
+        sub_exports = _exports(sub)
+        # exactly the submodule's __all__ (mkdocstrings would also show other public functions)
+        members = ["      members:", *[f"        - {m}" for m in sub_exports]] if sub_exports else []
         pages[f"api/{name}.md"] = "\n".join([
             f"# rb.{name}", "",
             f"::: {ROOT}.{name}",
@@ -145,10 +151,11 @@ def build_pages() -> tuple[dict[str, str], list[Any]]:
             "      show_root_heading: false",
             "      show_root_toc_entry: false",
             "      show_submodules: false",
+            *members,
             "",
         ])
         nav.append({f"rb.{name}": f"api/{name}.md"})
-        members = ", ".join(f"`{m}`" for m in _exports(sub))
+        members = ", ".join(f"`{m}`" for m in sub_exports)
         index.append(f"| [`rb.{name}`]({name}.md) | {_summary(sub)} {('Exports ' + members + '.') if members else ''} |")
     pages["api/index.md"] = "\n".join(index) + "\n"
     return pages, nav
@@ -176,3 +183,45 @@ def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
     for png in sorted((REPO / "benchmarks" / "figures").glob("*.png")):
         files.append(File.generated(config, f"benchmarks/figures/{png.name}", abs_src_path=str(png)))
     return files
+
+
+# -- the validation section of benchmarks.md ---------------------------------------------------
+VALIDATION_MARK = "<!-- validation-cases -->"
+
+
+def _validation_markdown() -> str:
+    """The posteriordb cases (``Case("name", ...)`` in posteriordb_models.py) and the test's
+    criteria (its module docstring), or a pointer to the folder if they are not where expected."""
+    folder = REPO / "tests" / "validation"
+    models, test = folder / "posteriordb_models.py", folder / "test_posteriordb.py"
+    if not (models.exists() and test.exists()):
+        return "The validation tests are in `tests/validation/`."
+    names = []
+    for node in ast.walk(ast.parse(models.read_text())):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Case" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.append(node.args[0].value)
+    doc = ast.get_docstring(ast.parse(test.read_text())) or ""
+    criteria = "\n\n".join(p for p in doc.split("\n\n") if not p.startswith("Cost"))
+    settings = {}
+    for node in ast.parse(test.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
+            for target, value in zip(node.targets[0].elts, node.value.elts):
+                if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+                    settings[target.id] = value.value
+    run = ""
+    if {"NUM_CHAINS", "NUM_WARMUP", "NUM_SAMPLES"} <= settings.keys():
+        run = (f" ({settings['NUM_CHAINS']} chains × {settings['NUM_WARMUP']} warm-up + "
+               f"{settings['NUM_SAMPLES']} draws)")
+    lines = [f"`tests/validation/test_posteriordb.py` (marked `slow`, run in CI) samples each of the "
+             f"{len(set(names))} posteriordb posteriors below with `rb.sample`{run} and compares the "
+             "draws with posteriordb's reference draws:", ""]
+    lines += [f"- `{name}`" for name in sorted(set(names))]
+    lines += ["", "From the test's docstring:", "", *[f"> {line}" if line else ">" for line in criteria.splitlines()]]
+    return "\n".join(lines)
+
+
+def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    if VALIDATION_MARK in markdown:
+        markdown = markdown.replace(VALIDATION_MARK, _validation_markdown())
+    return markdown

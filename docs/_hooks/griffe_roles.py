@@ -2,8 +2,8 @@
 
 Two conventions of the docstrings that Google-style parsing in griffe does not take as they are:
 an ``Example:`` section (griffe's examples section is ``Examples:``; otherwise the doctest
-lines would render as nested block quotes) and ``a, b: description`` for parameters that share
-one description (split into one entry each). Both are rewritten before parsing.
+lines would render as nested block quotes) and ``a, b: description`` for parameters (or attributes) that
+share one description (split into one entry each). Both are rewritten before parsing.
 
 Sphinx roles:
 The package's docstrings are Google style with Sphinx roles (``:func:`fit```,
@@ -37,13 +37,68 @@ def _walk(obj: Any):
 
 
 EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
-PARAMS_HEADER = re.compile(r"^(\s*)(Args|Arguments|Parameters|Keyword Args|Other Parameters):\s*$")
+PARAMS_HEADER = re.compile(r"^(\s*)(Args|Arguments|Parameters|Keyword Args|Other Parameters|Attributes):\s*$")
 SHARED = re.compile(r"^(\s+)([*\w]+(?:,\s*[*\w]+)+):(\s.*)?$")
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _code_blocks(text: str) -> str:
+    """Fence what Markdown would not show as code: doctest lines outside an ``Examples:``
+    section (griffe fences those itself) and RST literal blocks (``text::`` + indented block)."""
+    lines = text.split("\n")
+    out: list[str] = []
+    examples_indent = None
+    para_indent = 0
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if stripped and examples_indent is not None and _indent(line) <= examples_indent:
+            examples_indent = None
+        if stripped == "Examples:":
+            examples_indent = _indent(line)
+        if examples_indent is None and stripped.startswith(">>>"):
+            block_indent = _indent(line)
+            block = []
+            while i < len(lines) and lines[i].strip() and _indent(lines[i]) >= block_indent:
+                block.append(lines[i][block_indent:])
+                i += 1
+            pad = " " * min(para_indent, block_indent)
+            out += ["", f"{pad}```pycon", *(pad + b for b in block), f"{pad}```", ""]
+            continue
+        if examples_indent is None and stripped.endswith("::") and not stripped.startswith(">>>"):
+            j = i + 1
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            if j < len(lines) and _indent(lines[j]) > _indent(line):
+                block_indent = _indent(lines[j])
+                block = []
+                while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) >= block_indent):
+                    block.append(lines[j][block_indent:])
+                    j += 1
+                while block and not block[-1].strip():
+                    block.pop()
+                head = line.rstrip()[:-2].rstrip()
+                pad = " " * _indent(line)
+                if head.strip():
+                    out.append(head + ":")
+                out += ["", f"{pad}```python", *(pad + b if b else "" for b in block), f"{pad}```", ""]
+                i = j
+                continue
+        if stripped:
+            para_indent = _indent(line)
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
 def _sections(text: str) -> str:
-    """``Example:`` -> ``Examples:``; ``a, b: text`` in a parameters section -> one entry each."""
-    text = EXAMPLE.sub(r"\1Examples:", text)
+    """``Example:`` -> ``Examples:``; ``a, b: text`` in a parameters section -> one entry each;
+    doctests and literal blocks outside an examples section fenced."""
+    text = _code_blocks(EXAMPLE.sub(r"\1Examples:", text))
     lines = text.split("\n")
     out: list[str] = []
     i = 0
@@ -82,8 +137,11 @@ def _public(name: str) -> bool:
 class SphinxRoles(griffe.Extension):
     """Rewrites Sphinx roles in every docstring of the ``reparam_bridge`` package."""
 
-    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
-        if pkg.name != ROOT:
+    def on_package_loaded(self, *, pkg: griffe.Module, **kwargs: Any) -> None:  # griffe 1.x
+        self.on_package(pkg=pkg, **kwargs)
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:  # griffe 2.x
+        if pkg.name != ROOT or getattr(self, "pkg", None) is pkg:
             return
         self.pkg = pkg
         for obj in _walk(pkg):
