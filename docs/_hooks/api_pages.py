@@ -98,6 +98,10 @@ def build_pages() -> tuple[dict[str, str], list[Any]]:
     exported = _exports(pkg)
     if not exported:
         raise RuntimeError(f"{ROOT}.__all__ could not be read statically; the API pages list it.")
+    undefined = [n for n in exported if n not in pkg.members]
+    for name in undefined:  # a broken __all__: say which name, rather than a collection error
+        log.warning("api_pages: %s.__all__ lists %r, which the package does not define", ROOT, name)
+    exported = [n for n in exported if n not in undefined]
     modules = [n for n in exported if (t := _target(pkg, n)) is not None and t.is_module]
     placed: dict[str, str] = {}
     for page, _, _, names in GROUPS:
