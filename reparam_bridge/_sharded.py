@@ -40,6 +40,7 @@ The draws are gathered to the host (on every process, process 0 included) into a
     ((2, 100), PartitionSpec('data',))
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -176,6 +177,8 @@ def sample_sharded(model: PyTree, static: PyTree, log_joint: Callable, args: tup
                             axis_names={CHAINS}, check_vma=False)
     out = _gather(jax.jit(run)(keys, init, arrays))
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
-    stats = _sample_stats(out) if fields else {}
+    depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
+    depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
+    stats = _sample_stats(out, depth) if fields else {}
     return Posterior(model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args,
                      log_likelihood=log_likelihood)

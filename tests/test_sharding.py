@@ -90,6 +90,7 @@ FOUR_DEVICES = COMMON + textwrap.dedent(
                      num_chains=8, chain_method="sharded", progress_bar=False)
     assert post.mcmc is None and post.draws["mu"].shape == (8, 400), post.draws["mu"].shape
     assert post.sample_stats["diverging"].shape == (8, 400) and post.sample_stats["n_steps"].min() >= 1
+    assert post.sample_stats["reached_max_treedepth"].shape == (8, 400)
     assert len(set(np.round(post.sample_stats["step_size"][:, -1], 6))) == 8, "one step size per chain"
     assert post.to_inference_data().posterior["s"].shape == (8, 400)
     check_moments(post.draws, reference(y), "chains")
