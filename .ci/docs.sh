@@ -16,7 +16,7 @@ if ! command -v chromium >/dev/null 2>&1; then
         exit 1
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null  # with its recommended fonts
 fi
 echo "docs.sh: tools ready after $((SECONDS - start)) s"
 
