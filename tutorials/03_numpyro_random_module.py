@@ -61,9 +61,8 @@ def predict(kernel, noise, x, y, grid):
 
 
 def main(fast: bool, out: str) -> list[str]:
-    from reparam_bridge._arviz import import_arviz
+    from reparam_bridge import _arviz as az  # ArviZ 0.2x/1.x adapter
 
-    az = import_arviz()
     os.makedirs(out, exist_ok=True)
     kx, ky = jax.random.split(jax.random.key(0))
     x = jnp.sort(jax.random.uniform(kx, (30,), minval=-3.0, maxval=3.0))
