@@ -84,21 +84,29 @@ def grad_time_in_loop(value_and_grad: Callable, params: Any, n: int = 500) -> fl
     return statistics.median(times)
 
 
+def logdensity_fn(log_joint, static, args):
+    """``params -> rb.log_density(log_joint, eqx.combine(params, static), *args)``: the
+    potential ``rb.sample`` hands NumPyro (negated there), through the public API only."""
+    import equinox as eqx
+
+    import reparam_bridge as rb
+
+    return lambda params: rb.log_density(log_joint, eqx.combine(params, static), *args, jacobian=True)
+
+
 def warm_up_arviz() -> None:
     """Import ArviZ/xarray and convert once, so no timed extraction pays the one-off imports."""
-    import numpy as np
+    import reparam_bridge as rb
 
-    from reparam_bridge._arviz import to_inference_data
-
-    to_inference_data({"a": np.zeros((2, 4))}, sample_stats={"diverging": np.zeros((2, 4), bool)})
+    rb.import_arviz().convert_to_dataset({"a": np.zeros((2, 4))})
     min_bulk_ess({"a": np.random.default_rng(0).normal(size=(2, 50))})
 
 
 def min_bulk_ess(draws: dict[str, np.ndarray]) -> float:
     """Smallest bulk ESS over every scalar element of ``draws`` (``{name: (chain, draw, ...)}``)."""
-    from reparam_bridge._arviz import import_arviz
+    import reparam_bridge as rb
 
-    az = import_arviz()
+    az = rb.import_arviz()
     ess = az.ess(az.convert_to_dataset({k: np.asarray(v) for k, v in draws.items()}), method="bulk")
     return float(min(np.nanmin(np.asarray(v)) for v in ess.data_vars.values()))
 

@@ -13,8 +13,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._arviz import draws_to_dict, import_arviz, to_inference_data
+from ._arviz import import_arviz, to_inference_data
 from ._density import check_bijective, partition
+from ._naming import draws_to_dict
 from ._fit import map_estimate
 from ._util import neg_log_density_hessian
 

@@ -42,9 +42,7 @@ def log_joint(m: PowerLaw, x, y):
 
 
 def main(fast: bool, out: str) -> list[str]:
-    from reparam_bridge._arviz import import_arviz  # ArviZ without its 0.x FutureWarning
-
-    az = import_arviz()
+    az = rb.import_arviz()  # ArviZ without its 0.x FutureWarning
     os.makedirs(out, exist_ok=True)
     num_warmup, num_samples, num_chains = (150, 150, 2) if fast else (1000, 1000, 4)
 
