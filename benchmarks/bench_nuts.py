@@ -289,7 +289,7 @@ def run_native(case, key, init, settings):
         return mcmc, native_draws(mcmc), extra
 
     (mcmc, draws, extra), t_first = common.timed(first)
-    _, t_extract = common.timed(lambda: rb.import_arviz().from_numpyro(mcmc, log_likelihood=False))
+    _, t_extract = common.timed(lambda: rb.arviz.from_numpyro(mcmc, log_likelihood=False))
     _, t_steady = common.timed(lambda: (mcmc.run(run_key, *case.native_args, init_params=init,
                                                  extra_fields=_EXTRA_FIELDS), mcmc.get_samples())[1])
     return dict(mcmc=mcmc, t_first=t_first, t_steady=t_steady, t_extract=t_extract, draws=draws,

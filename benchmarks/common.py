@@ -98,7 +98,7 @@ def warm_up_arviz() -> None:
     """Import ArviZ/xarray and convert once, so no timed extraction pays the one-off imports."""
     import reparam_bridge as rb
 
-    rb.import_arviz().convert_to_dataset({"a": np.zeros((2, 4))})
+    rb.arviz.to_inference_data({"a": np.zeros((2, 4))}, sample_stats={"diverging": np.zeros((2, 4), bool)})
     min_bulk_ess({"a": np.random.default_rng(0).normal(size=(2, 50))})
 
 
@@ -106,8 +106,8 @@ def min_bulk_ess(draws: dict[str, np.ndarray]) -> float:
     """Smallest bulk ESS over every scalar element of ``draws`` (``{name: (chain, draw, ...)}``)."""
     import reparam_bridge as rb
 
-    az = rb.import_arviz()
-    ess = az.ess(az.convert_to_dataset({k: np.asarray(v) for k, v in draws.items()}), method="bulk")
+    posterior = rb.arviz.group(rb.arviz.to_inference_data({k: np.asarray(v) for k, v in draws.items()}), "posterior")
+    ess = rb.arviz.ess(posterior, method="bulk")
     return float(min(np.nanmin(np.asarray(v)) for v in ess.data_vars.values()))
 
 

@@ -1,9 +1,9 @@
 """reparam_bridge: one wrapped Equinox PyTree for optax optimisation, NumPyro NUTS and ArviZ.
 
 The names of ``DESIGN.md``'s public contract, plus a few extensions (``Clamp``, ``Ref``,
-``LocScale``, ``reparameterize``, ``laplace``, ``import_arviz`` and the submodules
-``geometry``, ``numpyro``, ``blackjax``). How the package is laid out: ``ARCHITECTURE.md``.
-Example:
+``LocScale``, ``reparameterize``, ``laplace``, ``Approximation`` and the submodules
+``geometry``, ``numpyro``, ``blackjax``, ``arviz`` (the ArviZ 0.2x/1.x adapter)). How the
+package is laid out: ``ARCHITECTURE.md``. Example:
 
     >>> import reparam_bridge as rb
     >>> rb.unwrap({"sigma": rb.Positive(2.0)})
@@ -15,7 +15,8 @@ from importlib import metadata as _metadata
 from . import blackjax as blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import geometry as geometry  # curvature, parameterisation comparison, plots
 from . import numpyro as numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
-from ._arviz import import_arviz as import_arviz
+from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
+from ._approx import Approximation as Approximation
 from ._bijectors import Bijector as Bijector
 from ._bijectors import Bounded as Bounded
 from ._bijectors import Constrained as Constrained
@@ -110,8 +111,9 @@ __all__ = [
     "LaplaceResult",
     "sample",
     "Posterior",
-    # ArviZ without its 0.x FutureWarning (the version-specific adapter stays private)
-    "import_arviz",
+    "Approximation",
+    # the ArviZ 0.2x/1.x adapter (summary, ess, rhat, loo, netCDF, ... with the same numbers on both)
+    "arviz",
     # submodules
     "geometry",
     "numpyro",

@@ -83,7 +83,8 @@ def check_log_jacobian(num_points: int = 5) -> float:
 
 
 def main(fast: bool, out: str) -> list[str]:
-    az = rb.import_arviz()  # ArviZ without its 0.x FutureWarning
+    az = rb.arviz  # ArviZ 0.2x/1.x adapter
+
     os.makedirs(out, exist_ok=True)
 
     err = check_log_jacobian()
