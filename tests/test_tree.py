@@ -200,3 +200,25 @@ def test_free_filter_is_the_one_frozen_decision():
     assert spec["p"].unconstrained is True and spec["p"].prior is False
     params, _ = rb.partition(tree)
     assert [x.shape for x in jax.tree_util.tree_leaves(params)] == [(), (2,)]
+
+
+def test_constructor_checks_hold_under_jit_and_vmap():
+    # traced values cannot be checked when the bijector is built: eqx.error_if checks them
+    # when the compiled function runs, with the same message as outside jit
+    positive = jax.jit(lambda v: rb.unwrap(rb.Positive(v)))
+    np.testing.assert_allclose(positive(2.0), 2.0, rtol=1e-6)
+    with pytest.raises(Exception, match="Positive: value must be finite and strictly inside the support"):
+        jax.block_until_ready(positive(-1.0))
+    bounded = jax.vmap(lambda v: rb.unwrap(rb.Bounded(v, lower=0.0, upper=1.0)))
+    np.testing.assert_allclose(bounded(jnp.array([0.25, 0.5])), [0.25, 0.5], rtol=1e-6)
+    with pytest.raises(Exception, match="Bounded: value must be finite"):
+        jax.block_until_ready(bounded(jnp.array([0.5, 1.5])))
+    bounds = jax.jit(lambda lo, hi: rb.unwrap(rb.Bounded.from_unconstrained(0.0, lower=lo, upper=hi)))
+    with pytest.raises(Exception, match="Bounded: need lower < upper"):
+        jax.block_until_ready(bounds(1.0, 0.0))
+    with pytest.raises(Exception, match="Bounded: lower must be finite"):
+        jax.block_until_ready(bounds(-jnp.inf, 0.0))
+    locscale = jax.jit(lambda s: rb.unwrap(rb.LocScale(1.0, 0.0, s, centered=0.0)))
+    np.testing.assert_allclose(locscale(2.0), 1.0, rtol=1e-6)
+    with pytest.raises(Exception, match="LocScale: value, loc and scale must be finite and scale positive"):
+        jax.block_until_ready(locscale(-1.0))

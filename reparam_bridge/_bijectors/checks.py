@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +40,10 @@ def frozen_or_live(name: str, x: Any, *, owner: str = "Bounded", required: bool 
     if isinstance(x, (Unwrappable, Ref)):
         return x
     arr = as_float_array(x)
-    if not is_traced(arr) and not bool(jnp.all(jnp.isfinite(arr))):
-        hint = "" if required else " (use None for no bound)"
+    hint = "" if required else " (use None for no bound)"
+    if is_traced(arr):  # checked when the compiled function runs
+        arr = eqx.error_if(arr, ~jnp.all(jnp.isfinite(arr)), f"{owner}: {name} must be finite{hint}.")
+    elif not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"{owner}: {name} must be finite{hint}, got {x}.")
     return NonTrainable(arr)
 
@@ -77,6 +80,8 @@ def same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
 
 def support_text(c: constraints.Constraint) -> str:
     family, bounds = constraint_key(c)
+    if is_traced(*bounds):
+        return family + "(traced bounds)"
     return family + (str(tuple(np.asarray(b).tolist() for b in bounds)) if bounds else "")
 
 

@@ -59,9 +59,15 @@ def _inverse(x: Array, loc: Array, scale: Array, c: float) -> Array:
     return c * loc + (x - loc) / _scale_power(scale, c)
 
 
-def _check_values(x: Array, loc: Array, scale: Array, where: str) -> None:
+def _check_values(x: Array, loc: Array, scale: Array, where: str) -> Array:
+    """``x``, checked with ``loc`` and ``scale``; when traced, by ``eqx.error_if`` at run time."""
     if is_traced(x, loc, scale):
-        return
+        try:
+            jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc), jnp.shape(scale))
+        except ValueError:
+            raise ValueError(f"{where}: value, loc and scale shapes do not broadcast.") from None
+        ok = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(loc)) & jnp.all(jnp.isfinite(scale)) & jnp.all(scale > 0)
+        return eqx.error_if(x, ~ok, f"{where}: value, loc and scale must be finite and scale positive.")
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{where}: value must be finite, got {np.asarray(x)}.")
     if not (bool(jnp.all(jnp.isfinite(loc))) and bool(jnp.all(jnp.isfinite(scale)))):
@@ -75,6 +81,7 @@ def _check_values(x: Array, loc: Array, scale: Array, where: str) -> None:
             f"{where}: value, loc and scale shapes {jnp.shape(x)}, {jnp.shape(loc)}, {jnp.shape(scale)} "
             "do not broadcast."
         ) from None
+    return x
 
 
 class LocScale(Bijector):
@@ -163,7 +170,7 @@ class LocScale(Bijector):
             self.unconstrained = x
         else:
             loc_v, scale_v = unwrap(self.loc), unwrap(self.scale)
-            _check_values(x, loc_v, scale_v, "LocScale")
+            x = _check_values(x, loc_v, scale_v, "LocScale")
             shape = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc_v), jnp.shape(scale_v))
             self.unconstrained = jnp.broadcast_to(_inverse(x, loc_v, scale_v, c), shape).astype(x.dtype)
         if prior is not None:
@@ -283,7 +290,7 @@ def reparameterize(
         )
     new = LocScale.from_unconstrained(x, loc, scale, centered=1.0, prior=prior)
     loc_v, scale_v = _resolved(new, model)
-    _check_values(x, loc_v, scale_v, "reparameterize")
+    x = _check_values(x, loc_v, scale_v, "reparameterize")
     xt = _inverse(x, loc_v, scale_v, c)
     new = LocScale.from_unconstrained(xt.astype(x.dtype), new.loc, new.scale, centered=c, prior=prior)
     return eqx.tree_at(where, model, new)

@@ -52,8 +52,10 @@ class NamedBijector(Bijector):
     # -- construction -------------------------------------------------------------------
 
     def _init_from_value(self, value: ArrayLike, prior: Distribution | None, **config: Any) -> None:
-        """Set the configuration fields, validate ``value`` (skipped when traced: under
-        ``jit``/``vmap`` nothing concrete can be checked) and store its unconstrained image."""
+        """Set the configuration fields, validate ``value`` and store its unconstrained image.
+
+        Under ``jit``/``vmap`` (traced value or bounds) the value checks ride along with the
+        result (``eqx.error_if``) and raise when the compiled function runs."""
         name = type(self).__name__
         value = as_float_array(value)
         for key, val in {**config, "prior": prior, "unconstrained": value}.items():
@@ -65,7 +67,20 @@ class NamedBijector(Bijector):
             )
         inner = _tree.inner(self)  # wrapped bounds -> their values
         if is_traced(value, inner):
-            object.__setattr__(self, "unconstrained", inner.transform().inv(value))
+            if value.ndim < self.event_ndim:
+                raise ValueError(
+                    f"{name}: value needs at least {self.event_ndim} dimension(s), got shape {value.shape}."
+                )
+            support = inner.support()
+            unconstrained = inner.transform().inv(value)
+            ok = jnp.all(jnp.isfinite(value)) & jnp.all(support(value)) & jnp.all(jnp.isfinite(unconstrained))
+            unconstrained = eqx.error_if(
+                unconstrained, ~ok,
+                f"{name}: value must be finite and strictly inside the support {support_text(support)}.",
+            )
+            object.__setattr__(self, "unconstrained", unconstrained)
+            if prior is not None:
+                check_prior(name, prior, support, value.shape)
             return
         self._check_value(value)
         support = inner.support()
@@ -200,8 +215,11 @@ class Bounded(NamedBijector):
         lower, upper = frozen_or_live("lower", lower), frozen_or_live("upper", upper)
         lo = lower.tree if isinstance(lower, NonTrainable) else None
         hi = upper.tree if isinstance(upper, NonTrainable) else None
-        if lo is not None and hi is not None and not is_traced(lo, hi) and not bool(jnp.all(lo < hi)):
-            raise ValueError(f"Bounded: need lower < upper, got lower={lo}, upper={hi}.")
+        if lo is not None and hi is not None:
+            if is_traced(lo, hi):  # checked when the compiled function runs
+                upper = NonTrainable(eqx.error_if(hi, ~jnp.all(lo < hi), "Bounded: need lower < upper."))
+            elif not bool(jnp.all(lo < hi)):
+                raise ValueError(f"Bounded: need lower < upper, got lower={lo}, upper={hi}.")
         return {"lower": lower, "upper": upper}
 
     def support(self) -> constraints.Constraint:
