@@ -34,6 +34,7 @@ from ._fit import FitResult, fit, map_estimate
 from ._laplace import LaplaceResult, laplace
 from ._locscale import LocScale, reparameterize
 from ._sample import Posterior, sample
+from ._variational import VariationalResult, variational
 from ._unwrappable import (
     NonTrainable,
     Parameterize,
@@ -60,7 +61,7 @@ __all__ = [
     "LocScale", "reparameterize",
     # densities, optimisation, sampling
     "partition", "log_prior", "log_density", "fit", "map_estimate", "FitResult", "laplace", "LaplaceResult",
-    "sample", "Posterior",
+    "sample", "Posterior", "variational", "VariationalResult",
     # submodules
     "geometry", "numpyro", "blackjax",
 ]
