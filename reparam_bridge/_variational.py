@@ -146,6 +146,8 @@ class VariationalResult(eqx.Module):
     @property
     def elbo(self) -> float:
         """The ELBO, averaged over the last tenth of the steps."""
+        if self.losses.shape[0] == 0:
+            return math.nan
         tail = self.losses[-max(1, self.losses.shape[0] // 10):]
         return -float(jnp.mean(tail))
 
