@@ -5,7 +5,7 @@ stopping the gradient through ``q``'s parameters, so the variance vanishes as ``
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -15,7 +15,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._arviz import draws_to_dict, to_inference_data
+from ._approx import Approximation
 from ._density import check_bijective, log_density, partition
 from ._guides import Flow, make_guide, trainable_partition
 from ._util import coordinate_names
@@ -34,6 +34,21 @@ def flat_log_density(log_joint: Callable, model: PyTree, args: tuple, what: str)
         return log_density(log_joint, eqx.combine(unravel(z), static), *args, jacobian=True)
 
     return flat, unravel, static, log_p
+
+
+def negative_elbo(
+    trainable: PyTree, static: PyTree, extra: Any, log_p: Callable[[Array, Any], Array],
+    key: PRNGKeyArray, num_particles: int, stick_the_landing: bool = True,
+) -> Float[Array, ""]:
+    """Monte Carlo ``-ELBO`` of the guide ``eqx.combine(trainable, static)``, whose gradient is
+    the sticking-the-landing estimator: ``z = T_φ(ε)`` carries the gradient to ``φ`` while
+    ``log q`` is evaluated with ``φ`` stopped (for ``q = p`` every draw's gradient is exactly 0)."""
+    q = eqx.combine(trainable, static)
+    z = q.sample(key, (num_particles,))
+    frozen = jax.lax.stop_gradient(trainable) if stick_the_landing else trainable
+    log_q = eqx.combine(frozen, static).log_prob(z)
+    lp = jax.vmap(lambda zi: log_p(zi, extra))(z)
+    return -jnp.mean(lp - log_q)
 
 
 def fit_elbo(
@@ -61,12 +76,7 @@ def fit_elbo(
     trainable, static = trainable_partition(guide)
 
     def loss(state, step_key):
-        params, extra = state
-        q = eqx.combine(params, static)
-        z = q.sample(step_key, (num_particles,))
-        log_q = eqx.combine(jax.lax.stop_gradient(params), static).log_prob(z)
-        lp = jax.vmap(lambda zi: log_p(zi, extra))(z)
-        return -jnp.mean(lp - log_q)
+        return negative_elbo(state[0], static, state[1], log_p, step_key, num_particles)
 
     def chunk(state, opt_state, keys):
         def body(carry, k):
@@ -116,9 +126,10 @@ def fit_elbo(
     return eqx.combine(trainable, static), extra, losses
 
 
-class VariationalResult(eqx.Module):
+class VariationalResult(Approximation):
     """A fitted variational approximation ``q`` of the density of the free arrays, from
-    :func:`variational`; the interface of :class:`~reparam_bridge.LaplaceResult`.
+    :func:`variational`: an :class:`~reparam_bridge.Approximation` like ``rb.laplace``'s result
+    (``sample``, ``sample_unconstrained``, ``to_inference_data``, warm starts of ``rb.sample``).
 
     Attributes:
         mean: the wrapped model at ``q``'s mean (in unconstrained coordinates).
@@ -143,6 +154,8 @@ class VariationalResult(eqx.Module):
     guide: Any
     losses: Float[Array, " steps"]
 
+    _library: ClassVar[str] = "reparam_bridge.variational"
+
     @property
     def elbo(self) -> float:
         """The ELBO, averaged over the last tenth of the steps."""
@@ -153,34 +166,7 @@ class VariationalResult(eqx.Module):
 
     def _unconstrained(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> tuple[Array, Array]:
         z = self.guide.sample(key, shape)
-        return z, z
-
-    def _unravel(self, z: Array) -> PyTree:
-        _, unravel = ravel_pytree(partition(self.mean)[0])
-        fn = unravel
-        for _ in range(z.ndim - 1):
-            fn = jax.vmap(fn)
-        return fn(z)
-
-    def sample_unconstrained(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> PyTree:
-        """The wrapped model with free arrays drawn from ``q``, leaves ``(chain, draw, ...)``."""
-        z, _ = self._unconstrained(key, (num_chains, num_draws))
-        return eqx.combine(self._unravel(z), partition(self.mean)[1])
-
-    def sample(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> PyTree:
-        """Draws as the user's model type, unwrapped, every array leaf ``(chain, draw, ...)``."""
-        from ._sample import _batched_unwrap
-
-        z, _ = self._unconstrained(key, (num_chains, num_draws))
-        return _batched_unwrap(partition(self.mean)[1], self._unravel(z))
-
-    def to_inference_data(self, key: PRNGKeyArray, num_draws: int = 1000, num_chains: int = 1):
-        """``arviz.InferenceData`` of ``sample(key, num_draws, num_chains)``, named by attribute
-        paths as for ``rb.sample``; ``attrs["pareto_khat"]`` holds :attr:`khat`."""
-        return to_inference_data(
-            draws_to_dict(self.mean, self.sample(key, num_draws, num_chains)),
-            attrs={"inference_library": "reparam_bridge.variational", "pareto_khat": self.khat},
-        )
+        return z, z  # no separate noise: the flow's base draws stay inside it
 
 
 def _default_optimizer(guide: Any, learning_rate: float | None) -> optax.GradientTransformation:
