@@ -130,7 +130,7 @@ def learn_centredness(
 
     k_init, k_fit, k_diag = jax.random.split(key, 3)
     q = make_guide(guide, flat, k_init, init_scale)
-    optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate)
+    optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
     logits0 = [jnp.full(shape, jnp.log(init_centered / (1 - init_centered)), dtype) for shape in shapes]
     q, logits, losses = fit_elbo(
         q, log_p, logits0, key=k_fit, steps=steps, optimizer=optimizer,

@@ -125,22 +125,27 @@ class Flow(eqx.Module):
 
 
 def default_flow(key: PRNGKeyArray, loc: Array, scale: float, *, flow_layers: int = 4, nn_width: int = 32) -> Any:
-    """A flowjax flow started near ``N(loc, scale² I)``: a stack of masked autoregressive
-    affine layers (in the fast-sampling direction, as IAF/NeuTra use) between a standard
-    normal base and a final elementwise affine map, so the networks see standardised inputs.
+    """A flowjax flow started near ``N(loc, scale² I)``: affine coupling layers (RealNVP; both
+    directions cost one pass, so the sticking-the-landing ``log q`` is cheap) between a
+    standard normal base and a final elementwise affine map, so the networks see standardised
+    inputs. With one coordinate, a masked autoregressive layer instead.
 
-    tanh conditioners keep the map smooth, which NUTS needs when the flow preconditions it."""
+    The coupling scales are ``exp`` of the conditioner's output (flowjax's default is a
+    softplus): a funnel's scale ``exp(v/2)`` is then a linear function away, and tanh
+    conditioners keep the map smooth, which NUTS needs when the flow preconditions it."""
     import_flowjax()
+    import paramax
     from flowjax.bijections import Affine, Chain
     from flowjax.distributions import StandardNormal, Transformed
-    from flowjax.flows import masked_autoregressive_flow
+    from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
     n = loc.shape[-1]
     base = StandardNormal((n,))
-    maf = masked_autoregressive_flow(
-        key, base_dist=base, flow_layers=flow_layers, nn_width=nn_width, nn_activation=jax.nn.tanh, invert=False
-    )
-    return Transformed(base, Chain([maf.bijection, Affine(loc, jnp.full((n,), scale, loc.dtype))]))
+    transformer = eqx.tree_at(lambda a: a.scale, Affine(), replace=paramax.Parameterize(jnp.exp, jnp.zeros(())))
+    make = coupling_flow if n >= 2 else masked_autoregressive_flow
+    flow = make(key, base_dist=base, transformer=transformer, flow_layers=flow_layers, nn_width=nn_width,
+                nn_activation=jax.nn.tanh, invert=False)
+    return Transformed(base, Chain([flow.bijection, Affine(loc, jnp.full((n,), scale, loc.dtype))]))
 
 
 def make_guide(guide: Any, loc: Array, key: PRNGKeyArray, init_scale: float) -> Any:

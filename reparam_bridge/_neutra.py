@@ -164,7 +164,7 @@ def neutra(
         raise TypeError(f"{what}: flow must be None or a flowjax distribution, got {type(flow).__name__}.")
     losses = jnp.zeros((0,))
     if steps:
-        optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate)
+        optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
         q, _, losses = fit_elbo(
             q, lambda z, _: log_p(z), None, key=k_fit, steps=steps, optimizer=optimizer,
             num_particles=num_particles, progress_bar=progress_bar, what=what,
