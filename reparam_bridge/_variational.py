@@ -182,7 +182,7 @@ def _default_optimizer(guide: Any, learning_rate: float | None, steps: int) -> o
 def build_result(guide: Any, losses: Array, static: PyTree, unravel: Callable, log_p: Callable,
                  key: PRNGKeyArray, num_psis_draws: int, names: tuple[str, ...]) -> VariationalResult:
     """Moments and PSIS diagnostics of a fitted guide."""
-    from ._laplace import _psislw
+    from ._arviz import psislw
 
     k_mom, k_psis = jax.random.split(key)
     mean, cov = guide.moments(k_mom)
@@ -191,11 +191,7 @@ def build_result(guide: Any, losses: Array, static: PyTree, unravel: Callable, l
         z = guide.sample(k_psis, (int(num_psis_draws),))
         log_ratios = np.asarray(jax.jit(jax.vmap(log_p))(z) - guide.log_prob(z), dtype=np.float64)
         log_ratios = np.where(np.isfinite(log_ratios), log_ratios, -np.inf)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ArviZ warns itself when k-hat is large; we report it
-            lw, khat = _psislw(log_ratios)
+        lw, khat = psislw(log_ratios)
         ess = float(1.0 / np.sum(np.exp(2 * lw)))
         lw = jnp.asarray(lw)
     return VariationalResult(

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge.geometry import _az_stat
+from reparam_bridge._arviz import mcse
 
 TAU, SIGMA, S_MU = 0.3, 1.0, 5.0  # known scales: the posterior is Gaussian and exact
 N = np.array([1] * 4 + [100] * 4, dtype=np.float32)  # observations per group
@@ -79,5 +79,5 @@ def test_learned_centredness_beats_both_extremes_and_matches_the_exact_posterior
     draws = np.concatenate([np.asarray(d.mu)[..., None], np.asarray(d.theta)], axis=-1)
     for i in range(len(mean)):
         x = draws[..., i].astype(np.float64)
-        assert abs(x.mean() - mean[i]) < 4 * _az_stat("mcse", x, method="mean"), (i, x.mean(), mean[i])
-        assert abs(x.std() - np.sqrt(cov[i, i])) < 4 * _az_stat("mcse", x, method="sd"), (i, x.std(), np.sqrt(cov[i, i]))
+        assert abs(x.mean() - mean[i]) < 4 * mcse(x, method="mean"), (i, x.mean(), mean[i])
+        assert abs(x.std() - np.sqrt(cov[i, i])) < 4 * mcse(x, method="sd"), (i, x.std(), np.sqrt(cov[i, i]))

@@ -89,7 +89,7 @@ def test_positive_parameter_and_warm_start():
     inits = q.initial_params(jax.random.key(5), 2)
     assert inits["s"].unconstrained.shape == (2,)
     idata = q.to_inference_data(jax.random.key(6), num_draws=20)
-    assert sorted(idata.posterior.data_vars) == ["mu", "s"]
+    assert sorted(rb._arviz.group(idata, "posterior").data_vars) == ["mu", "s"]
 
 
 def test_bad_input():
