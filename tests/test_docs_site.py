@@ -45,6 +45,7 @@ TUTORIAL_PAGES = {  # script -> page source under docs/
     "02_eight_schools_geometry.py": "tutorials/02_eight_schools.md",
     "03_numpyro_random_module.py": "tutorials/03_numpyro.md",
     "04_custom_bijector.py": "tutorials/04_custom_bijector.md",
+    "05_neutra.py": "tutorials/05_neutra.md",
 }
 INDIGO = (63, 81, 181)  # mkdocs-material's "indigo" primary colour, the header bar
 
