@@ -115,7 +115,7 @@ def neutra(
     num_particles: int = 8,
     optimizer: optax.GradientTransformation | None = None,
     learning_rate: float | None = None,
-    init_scale: float = 0.1,
+    init_scale: float = 1.0,
     num_psis_draws: int = 1000,
     progress_bar: bool = True,
     return_approximation: bool = False,
@@ -137,6 +137,7 @@ def neutra(
             base, trained from where it is (``steps=0`` uses it as given, e.g. already trained).
         return_approximation: also return the ``VariationalResult`` (``.khat``: below ~0.7 the
             flow is good enough that NUTS in ``b`` mixes well).
+        init_scale: the default flow starts as ``N(current values, init_scale² I)``.
         Other arguments as :func:`rb.variational <reparam_bridge.variational>`.
 
     Example:
