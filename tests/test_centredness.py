@@ -69,7 +69,7 @@ def test_learned_centredness_beats_both_extremes_and_matches_the_exact_posterior
     }
     table, posts = rb.geometry.compare(models, n, ybar, key=jax.random.key(1), num_warmup=1000,
                                        num_samples=1000, num_chains=4, return_posteriors=True)
-    print(table[["divergences", "min_ess_bulk", "ess_per_grad", "ess_per_grad_ratio", "condition_number_scaled"]])
+    print(table[["divergences", "min_ess_bulk", "ess_per_grad", "ess_per_grad_ratio", "condition_number_scaled"]].to_string())
     assert table["ess_per_grad"].idxmax() == "learned"  # the table says which won
     assert table.loc["learned", "ess_per_grad"] >= max(table.loc["centred", "ess_per_grad"],
                                                        table.loc["non-centred", "ess_per_grad"])

@@ -109,7 +109,7 @@ def _compare(plain, pre, log_joint, *args):
     table, posts = rb.geometry.compare({"plain": (plain, log_joint), "neutra": (pre, log_joint)}, *args,
                                        key=jax.random.key(7), num_warmup=1000, num_samples=1000, num_chains=4,
                                        return_posteriors=True)
-    print(table[["divergences", "min_ess_bulk", "ess_per_grad", "ess_per_grad_ratio", "n_grad"]])
+    print(table[["divergences", "min_ess_bulk", "ess_per_grad", "ess_per_grad_ratio", "n_grad"]].to_string())
     assert table["ess_per_grad"].idxmax() == "neutra"
     assert table.loc["neutra", "ess_per_grad"] >= 5 * table.loc["plain", "ess_per_grad"]
     assert table.loc["neutra", "divergences"] <= 0.005 * 4 * 1000
