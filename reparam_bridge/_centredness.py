@@ -16,7 +16,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._guides import make_guide
-from ._locscale import LocScale, reparameterize
+from ._bijectors.locscale import LocScale, reparameterize
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names
 from ._variational import _default_optimizer, build_result, fit_elbo, flat_log_density

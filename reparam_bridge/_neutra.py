@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._bijector import Bijector, log_det_jacobian
+from ._bijectors.base import Bijector
+from ._density import log_det_jacobian
 from ._density import log_prior, partition
 from ._guides import Flow, default_flow, import_flowjax, make_guide
 from ._unwrappable import NonTrainable, unwrap

@@ -29,8 +29,8 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _arviz, _plots
-from ._arviz import draws_to_dict
 from ._density import check_bijective, partition
+from ._naming import draws_to_dict
 from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
 from ._centredness import learn_centredness  # noqa: F401 - re-exported: rb.geometry.learn_centredness
 from ._neutra import NeuTra, neutra  # noqa: F401 - re-exported: rb.geometry.neutra
