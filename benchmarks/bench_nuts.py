@@ -22,8 +22,9 @@ import json
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -43,7 +44,9 @@ import reparam_bridge as rb  # noqa: E402
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
 ROOT = pathlib.Path(__file__).resolve().parent
-POSTERIORDB = ROOT.parent.parent / "shared" / "posteriordb"
+# ../shared/posteriordb beside the checkout (from a worktree under wt/: two levels up)
+POSTERIORDB = next((p for p in (ROOT.parents[1] / "shared" / "posteriordb", ROOT.parents[2] / "shared" / "posteriordb")
+                    if p.exists()), ROOT.parents[1] / "shared" / "posteriordb")
 
 
 @dataclass

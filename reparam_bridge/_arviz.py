@@ -21,8 +21,8 @@ Example:
 """
 
 import importlib
-import importlib.util
 import importlib.metadata
+import importlib.util
 import math
 import os
 import warnings

@@ -1,7 +1,7 @@
 """NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
 
-import functools
 import copy
+import functools
 import json
 import os
 from collections.abc import Callable

@@ -4,8 +4,8 @@ Cost: about 30 s on one core (the Jacobian property test dominates: ~35 specs x 
 """
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import equinox as eqx
 import jax

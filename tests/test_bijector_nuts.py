@@ -14,8 +14,8 @@ Cost: about 2-3 min on 2 cores for the whole file (one NUTS compile + run per ca
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import equinox as eqx
 import jax

@@ -16,7 +16,6 @@ from scipy import stats
 import reparam_bridge as rb
 from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
-
 STATS = ("diverging", "n_steps", "tree_depth", "energy", "step_size", "acceptance_rate", "lp")
 X = jnp.linspace(-1.0, 1.0, 12)
 Y = 0.3 + 0.8 * X + 0.2 * jnp.sin(7.0 * X)  # deterministic "noise"
@@ -30,7 +29,7 @@ class Regression(eqx.Module):
 
 def make_model(mu=0.0, sigma=1.0, weight=0.5):
     linear = eqx.nn.Linear(1, 1, use_bias=False, key=jax.random.key(0))
-    linear = eqx.tree_at(lambda l: l.weight, linear, jnp.full((1, 1), weight))
+    linear = eqx.tree_at(lambda lin: lin.weight, linear, jnp.full((1, 1), weight))
     return Regression(rb.Real(mu), rb.Positive(sigma), [linear])
 
 

@@ -11,6 +11,7 @@ from numpyro.distributions import Distribution, constraints
 
 from .._tree import NonTrainable, Ref, Unwrappable
 
+
 def build(cls, **fields):
     """Create a Module instance without running ``__init__`` (no validation): the path
     ``from_unconstrained`` uses, safe under ``jit`` and ``vmap``."""

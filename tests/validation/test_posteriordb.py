@@ -22,7 +22,6 @@ from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same call
 
 from .posteriordb_models import CASES, load, posteriordb_dir, posteriors_with_reference, reference_draws
 
-
 pytestmark = pytest.mark.slow
 
 NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 1000, 1000
