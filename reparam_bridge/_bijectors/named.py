@@ -44,7 +44,7 @@ class NamedBijector(Bijector):
 
     def unwrap_and_log_det(self) -> tuple[Array, Array]:
         value, log_det = forward_and_log_det(self.transform(), self.unconstrained)
-        return value, jnp.sum(log_det)
+        return value, log_det if jnp.ndim(log_det) == 0 else jnp.sum(log_det)
 
     def unwrap(self) -> Array:  # the value alone: no log-Jacobian traced
         return self.transform()(self.unconstrained)
