@@ -303,14 +303,23 @@ def psislw(log_ratios: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, float
         (1.0, 0.185)
     """
     az = import_arviz()
-    log_ratios = np.asarray(log_ratios, dtype=np.float64)
+    log_ratios = np.asarray(log_ratios)
+    # rounding of the dtype the ratios were computed in (float32 models give float32 noise)
+    eps = np.finfo(log_ratios.dtype if np.issubdtype(log_ratios.dtype, np.floating) else np.float64).eps
+    log_ratios = log_ratios.astype(np.float64)
+    n = log_ratios.shape[-1]
+    tail = math.ceil(min(n / 5.0, 3 * math.sqrt(n / reff)))
+    top = np.sort(log_ratios, axis=-1)[..., -tail:]
+    if log_ratios.ndim == 1 and np.ptp(top) <= 64 * eps * max(1.0, float(np.abs(top).max())):
+        # q equals p in the tail (up to a few ulps of rounding): the weights need no smoothing and the
+        # Pareto fit is undefined (0.2x returns inf for equal values, 1.x raises or gives nan).
+        # A tail lighter than any Pareto's is k = -inf, the same on both lines.
+        return log_ratios - np.logaddexp.reduce(log_ratios), -math.inf
     if arviz_major() < 1:
         lw, khat = az.psislw(log_ratios, reff=reff)
         return np.asarray(lw), float(np.asarray(khat))
     from arviz_stats.base import array_stats
 
-    n = log_ratios.shape[-1]
-    tail = math.ceil(min(n / 5.0, 3 * math.sqrt(n / reff)))
     lw, khat = array_stats.psislw(-log_ratios, r_eff=9 * n / (tail + 0.5) ** 2)
     return np.asarray(lw), float(np.asarray(khat))
 
