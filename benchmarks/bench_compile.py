@@ -50,18 +50,26 @@ def _side_by_side(name: str, bridge, native, repeats: int) -> dict:
     for side, (make, args) in (("bridge", bridge), ("native", native)):  # one untimed warm-up each
         _compile_seconds(make, *args)
     for r in range(repeats):
-        for side in (("bridge", "native") if r % 2 == 0 else ("native", "bridge")):
+        for side in ("bridge", "native") if r % 2 == 0 else ("native", "bridge"):
             make, args = bridge if side == "bridge" else native
             trace, total = _compile_seconds(make, *args)
             times[side][0].append(trace)
             times[side][1].append(total)
     med = {side: (statistics.median(t), statistics.median(c)) for side, (t, c) in times.items()}
-    row = dict(case=name, bridge_trace=med["bridge"][0], native_trace=med["native"][0],
-               bridge=med["bridge"][1], native=med["native"][1])
+    row = dict(
+        case=name,
+        bridge_trace=med["bridge"][0],
+        native_trace=med["native"][0],
+        bridge=med["bridge"][1],
+        native=med["native"][1],
+    )
     row["ratio"] = row["bridge"] / row["native"]
     row["trace_ratio"] = row["bridge_trace"] / row["native_trace"]
-    print(f"{name:34s} {row['bridge']:7.3f} {row['native']:7.3f} {row['ratio']:6.2f}   "
-          f"{row['bridge_trace'] * 1e3:7.1f} {row['native_trace'] * 1e3:7.1f} {row['trace_ratio']:6.2f}", flush=True)
+    print(
+        f"{name:34s} {row['bridge']:7.3f} {row['native']:7.3f} {row['ratio']:6.2f}   "
+        f"{row['bridge_trace'] * 1e3:7.1f} {row['native_trace'] * 1e3:7.1f} {row['trace_ratio']:6.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -90,7 +98,8 @@ def fit_case(repeats: int) -> dict:
 
     def bridge():  # what map_estimate differentiates (jacobian=False: log_joint + priors)
         return jax.value_and_grad(
-            lambda p, x, y: -rb.log_density(bench_fit.log_joint, eqx.combine(p, static), x, y, jacobian=False))
+            lambda p, x, y: -rb.log_density(bench_fit.log_joint, eqx.combine(p, static), x, y, jacobian=False)
+        )
 
     def native():
         def neg_log_p(raw, x, y):

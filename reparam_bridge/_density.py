@@ -187,9 +187,7 @@ def _raise_non_bijective(bad: list[tuple[str, str]], what: str) -> None:
         )
 
 
-def log_density(
-    log_joint: Callable[..., Any], tree: PyTree, *args: Any, jacobian: bool = True
-) -> Float[Array, ""]:
+def log_density(log_joint: Callable[..., Any], tree: PyTree, *args: Any, jacobian: bool = True) -> Float[Array, ""]:
     """``log_joint(unwrap(tree), *args) + log_prior(tree)``, plus ``log_det_jacobian(tree)``
     when ``jacobian`` (the density of the free, unconstrained arrays, which samplers need).
 
@@ -205,9 +203,7 @@ def log_density(
         _raise_non_bijective(g.non_bijective, "log_density(..., jacobian=True)")
     value = jnp.asarray(log_joint(g.values, *args))
     if value.shape != ():
-        raise ValueError(
-            f"log_joint must return a scalar, got shape {value.shape}; sum the pointwise terms."
-        )
+        raise ValueError(f"log_joint must return a scalar, got shape {value.shape}; sum the pointwise terms.")
     total = value
     for term in (_prior_total(g.bijectors), _log_det_total(g.bijectors) if jacobian else None):
         if term is not None:

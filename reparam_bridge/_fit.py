@@ -200,17 +200,15 @@ def _diagnose(loop: _Loop, static, params, opt_state, losses, start: int, bad: i
     )
 
 
-def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar,
-         chunk_size, what) -> FitResult:
+def _fit(
+    objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar, chunk_size, what
+) -> FitResult:
     if not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"{what}: steps must be a non-negative int, got {steps!r}.")
     optimizer = _default_adam() if optimizer is None else optimizer
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
-        raise ValueError(
-            f"{what}: the model has no free arrays to optimise (everything is static or "
-            "rb.NonTrainable)."
-        )
+        raise ValueError(f"{what}: the model has no free arrays to optimise (everything is static or rb.NonTrainable).")
     n_data = 0
     if batch_size is not None:
         if key is None:
@@ -252,8 +250,9 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
                 raise
             first_bad = int(first_bad)
             if first_bad >= 0:
-                raise ValueError(_diagnose(loop, static, params, opt_state, new_losses, start, first_bad,
-                                           key, args, what))
+                raise ValueError(
+                    _diagnose(loop, static, params, opt_state, new_losses, start, first_bad, key, args, what)
+                )
             plan.record(start, stop, time.perf_counter() - t0)
             params, opt_state, losses = new_params, new_opt_state, new_losses
             if bar is not None:
@@ -352,8 +351,17 @@ def fit(
         (0.0, (300,))
     """
     return _fit(
-        _UnwrappedLoss(loss_fn), model, args, optimizer=optimizer, steps=steps, opt_state=opt_state,
-        batch_size=batch_size, key=key, progress_bar=progress_bar, chunk_size=chunk_size, what="fit",
+        _UnwrappedLoss(loss_fn),
+        model,
+        args,
+        optimizer=optimizer,
+        steps=steps,
+        opt_state=opt_state,
+        batch_size=batch_size,
+        key=key,
+        progress_bar=progress_bar,
+        chunk_size=chunk_size,
+        what="fit",
     )
 
 
@@ -407,8 +415,13 @@ def map_estimate(
         steps = 100 if steps is None else steps
     steps = 1000 if steps is None else steps
     return _fit(
-        NegLogDensity(log_joint, jacobian), model, args, optimizer=optimizer, steps=steps,
-        what="map_estimate", **{**_FIT_DEFAULTS, **fit_kwargs},
+        NegLogDensity(log_joint, jacobian),
+        model,
+        args,
+        optimizer=optimizer,
+        steps=steps,
+        what="map_estimate",
+        **{**_FIT_DEFAULTS, **fit_kwargs},
     )
 
 
