@@ -47,6 +47,8 @@ from ._unwrappable import (
     unwrap,
 )
 
+from . import testing  # noqa: E402  rb.testing.check_bijector (last: it uses the names above)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -62,5 +64,5 @@ __all__ = [
     "partition", "log_prior", "log_density", "fit", "map_estimate", "FitResult", "laplace", "LaplaceResult",
     "sample", "Posterior",
     # submodules
-    "geometry", "numpyro", "blackjax",
+    "geometry", "numpyro", "blackjax", "testing",
 ]
