@@ -133,7 +133,7 @@ def ecdf_uniformity(ranks: np.ndarray, num_levels: int) -> tuple[float, str]:
 
 def prior_scale(sample_prior: Callable[[Array], Array], key: Array, n: int = 512) -> Array:
     """Per-quantity standard deviation under the prior (sets the likelihood noise)."""
-    q = jax.vmap(sample_prior)(jax.random.split(key, n))
+    q = jax.jit(jax.vmap(sample_prior))(jax.random.split(key, n))
     return jnp.maximum(jnp.std(q, axis=0), 1e-3)
 
 

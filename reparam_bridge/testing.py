@@ -37,7 +37,8 @@ import reparam_bridge as rb  # the public API only (bound lazily: this module is
 
 from . import _sbc
 
-__all__ = ["check_bijector", "BijectorReport", "Finding", "BijectorCheckError", "OrderStatistics", "coordinates"]
+__all__ = ["check_bijector", "BijectorReport", "Finding", "BijectorCheckError", "OrderStatistics", "ProductPrior",
+           "coordinates"]
 
 
 class BijectorCheckError(AssertionError):
@@ -128,6 +129,50 @@ class OrderStatistics:
         return jnp.where(ordered, jnp.sum(self.base.log_prob(y)), -jnp.inf)
 
 
+class ProductPrior:
+    """Independent priors over the entries of a dict-valued tree (e.g. ``{"s": rb.Simplex(...),
+    "L": rb.CorrCholesky(...)}``): ``sample`` draws each, ``log_prob`` sums them.
+
+    Example:
+        >>> import jax, numpyro.distributions as dist
+        >>> p = ProductPrior({"a": dist.Normal(), "b": dist.Gamma(2.0, 1.0)})
+        >>> sorted(p.sample(jax.random.key(0)))
+        ['a', 'b']
+    """
+
+    def __init__(self, priors: dict[str, Any]):
+        self.priors = dict(priors)
+
+    def sample(self, key):
+        keys = jax.random.split(key, len(self.priors))
+        return {name: p.sample(k) for (name, p), k in zip(self.priors.items(), keys)}
+
+    def log_prob(self, value):
+        return sum(jnp.sum(p.log_prob(value[name])) for name, p in self.priors.items())
+
+
+def _default_coords(tree: Any, n: int) -> tuple[Callable[[Any], jax.Array], list[str]]:
+    """Coordinates and their names: per wrapped node of a container tree (each node's own
+    convention, named by its path), else :func:`coordinates` of the whole value."""
+    nodes = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, rb.Unwrappable))
+    counts = [ravel_pytree(rb.partition(node)[0])[0].size if isinstance(node, rb.Unwrappable) else jnp.size(node)
+              for _, node in nodes]
+    try:
+        values = jax.tree_util.tree_leaves(rb.unwrap(tree))
+        per_node = len(nodes) > 1 and len(values) == len(nodes) and sum(counts) == n
+    except Exception:  # e.g. a lone node holding an rb.Ref: not splittable
+        per_node = False
+    if not per_node:
+        fn = lambda v: coordinates(v, n)  # noqa: E731
+        return fn, [f"coordinate {i}" for i in range(n)]
+
+    def fn(v):
+        return jnp.concatenate([coordinates(x, c) for x, c in zip(jax.tree_util.tree_leaves(v), counts)])
+
+    names = [f"{jax.tree_util.keystr(path)}[{i}]" for (path, _), c in zip(nodes, counts) for i in range(c)]
+    return fn, names
+
+
 def _as_dtype(tree: Any, dtype) -> Any:
     return jax.tree_util.tree_map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
 
@@ -188,7 +233,10 @@ def check_bijector(
     n = flat0.size
     if n == 0:
         raise ValueError("check_bijector: the tree has no free arrays (nothing to check).")
-    coords = coords or (lambda v: coordinates(v, n))
+    if coords is None:
+        coords, names = _default_coords(tree, n)
+    else:
+        names = [f"coordinate {i}" for i in range(n)]
     prior = prior if prior is not None else getattr(tree, "prior", None)
     k_pts, k_sbc = jax.random.split(key)
 
@@ -208,7 +256,7 @@ def check_bijector(
     elif prior is None:
         report.add("SBC", [], skipped="no prior: give prior= (a distribution over the value) to run SBC")
     else:
-        _check_sbc(report, tree, prior, coords, k_sbc, sbc_replicates, sbc_draws, sbc_warmup, sbc_thin, alpha)
+        _check_sbc(report, tree, prior, coords, names, k_sbc, sbc_replicates, sbc_draws, sbc_warmup, sbc_thin, alpha)
     if raise_on_failure:
         report.raise_on_failure()
     return report
@@ -297,7 +345,7 @@ def _check_edges(report, tree, coords, edge, dtype) -> None:
     report.add(f"edges {name}", failures[:3], f"value, log-Jacobian and gradient finite at ±{edge:g} ({len(named)} points)")
 
 
-def _check_sbc(report, tree, prior, coords, key, replicates, draws, warmup, thin, alpha) -> None:
+def _check_sbc(report, tree, prior, coords, coord_names, key, replicates, draws, warmup, thin, alpha) -> None:
     params, static = rb.partition(_as_dtype(tree, jnp.float32))
     u0, unravel = ravel_pytree(params)
     model = lambda z: eqx.combine(unravel(z), static)  # noqa: E731
@@ -327,7 +375,7 @@ def _check_sbc(report, tree, prior, coords, key, replicates, draws, warmup, thin
     weights = np.repeat([0.0, 1.0], replicates // 2)
     ranks, divs = _sbc.run_sbc(logdensity, sample_prior, lambda z: q_of_value(rb.unwrap(model(z))), observe, u0,
                                key=k_run, weights=weights, num_warmup=warmup, num_draws=draws, thin=thin)
-    names = [f"coordinate {i}" for i in range(nq - 1)] + ["log prior density"]
+    names = list(coord_names)[: nq - 1] + ["log prior density"]
     level = alpha / (2 * nq)
     failures = []
     for w, setting in ((0.0, "prior"), (1.0, "with likelihood")):
