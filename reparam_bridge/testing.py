@@ -227,7 +227,8 @@ def check_bijector(
     if factory is not None and value is None:
         raise TypeError("check_bijector: with a factory, give value= (a constrained value it accepts).")
     tree = bijector_or_factory if is_tree else factory(value)
-    report = BijectorReport(_name(bijector_or_factory) if factory else type(tree).__name__)
+    name = _name(bijector_or_factory) if factory else ""
+    report = BijectorReport(type(tree).__name__ if name in ("", "<lambda>") else name)
     params, static = rb.partition(tree)
     flat0, _ = ravel_pytree(params)
     n = flat0.size
