@@ -59,7 +59,7 @@ def run_sbc(
         k_prior, k_obs, k_warm, k_run, k_init = jax.random.split(key, 5)
         truth = sample_prior(k_prior)  # quantities of the true value
         y = observe(k_obs, truth)
-        fn = lambda z: logdensity(z, y, w)  # noqa: E731
+        fn = lambda z: logdensity(z, y, w)
         z0 = position0 + 0.1 * jax.random.uniform(k_init, position0.shape, minval=-1, maxval=1)
         warmup = blackjax.window_adaptation(blackjax.nuts, fn)
         (state, params), _ = warmup.run(k_warm, z0, num_steps=num_warmup)

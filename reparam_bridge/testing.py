@@ -37,8 +37,15 @@ import reparam_bridge as rb  # the public API only (bound lazily: this module is
 
 from . import _sbc
 
-__all__ = ["check_bijector", "BijectorReport", "Finding", "BijectorCheckError", "OrderStatistics", "ProductPrior",
-           "coordinates"]
+__all__ = [
+    "BijectorCheckError",
+    "BijectorReport",
+    "Finding",
+    "OrderStatistics",
+    "ProductPrior",
+    "check_bijector",
+    "coordinates",
+]
 
 
 class BijectorCheckError(AssertionError):
@@ -160,10 +167,10 @@ def _default_coords(tree: Any, n: int) -> tuple[Callable[[Any], jax.Array], list
     try:
         values = jax.tree_util.tree_leaves(rb.unwrap(tree))
         per_node = len(nodes) > 1 and len(values) == len(nodes) and sum(counts) == n
-    except Exception:  # e.g. a lone node holding an rb.Ref: not splittable
+    except (TypeError, ValueError, KeyError, AttributeError):  # e.g. a lone node holding an rb.Ref
         per_node = False
     if not per_node:
-        fn = lambda v: coordinates(v, n)  # noqa: E731
+        fn = lambda v: coordinates(v, n)
         return fn, [f"coordinate {i}" for i in range(n)]
 
     def fn(v):
@@ -229,8 +236,7 @@ def check_bijector(
     tree = bijector_or_factory if is_tree else factory(value)
     name = _name(bijector_or_factory) if factory else ""
     report = BijectorReport(type(tree).__name__ if name in ("", "<lambda>") else name)
-    params, static = rb.partition(tree)
-    flat0, _ = ravel_pytree(params)
+    flat0, _ = ravel_pytree(rb.partition(tree)[0])
     n = flat0.size
     if n == 0:
         raise ValueError("check_bijector: the tree has no free arrays (nothing to check).")
@@ -245,7 +251,7 @@ def check_bijector(
         t64 = _as_dtype(tree, jnp.float64)
         p64, s64 = rb.partition(t64)
         u0, unravel = ravel_pytree(p64)
-        build = lambda z: eqx.combine(unravel(z), s64)  # noqa: E731  the from_unconstrained path
+        build = lambda z: eqx.combine(unravel(z), s64)  # the from_unconstrained path
         pts = u0 + spread * jax.random.normal(k_pts, (num_points, n), dtype=jnp.float64)
         _check_jacobian(report, build, coords, pts, n)
         _check_round_trip(report, build, factory, pts)
@@ -270,9 +276,9 @@ def _check_jacobian(report, build, coords, pts, n) -> None:
 
     out0, ldj0 = pair(pts[0])
     if out0.size != n:
-        report.add("log-Jacobian", [
+        report.add("log-Jacobian", [(
             f"the value has {out0.size} independent coordinates but there are {n} free numbers; "
-            "pass coords= (value -> the independent coordinates, README 'Bijectors and conventions')"])
+            "pass coords= (value -> the independent coordinates, README 'Bijectors and conventions')")])
         return
     if jnp.shape(ldj0) != ():
         report.add("log-Jacobian", [f"log_det_jacobian() must return a scalar, got shape {jnp.shape(ldj0)}; sum it"])
@@ -347,9 +353,9 @@ def _check_edges(report, tree, coords, edge, dtype) -> None:
 
 
 def _check_sbc(report, tree, prior, coords, coord_names, key, replicates, draws, warmup, thin, alpha) -> None:
-    params, static = rb.partition(_as_dtype(tree, jnp.float32))
+    params, static = rb.partition(_as_dtype(tree, jnp.float32))  # SBC runs in float32: cheaper
     u0, unravel = ravel_pytree(params)
-    model = lambda z: eqx.combine(unravel(z), static)  # noqa: E731
+    model = lambda z: eqx.combine(unravel(z), static)
 
     def log_prior(v):
         return jnp.sum(prior.log_prob(v))

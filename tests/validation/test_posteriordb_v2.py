@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._arviz import import_arviz
+from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter
 
 from .posteriordb_models import reference_draws
 from .posteriordb_v2_models import CASES_V2, load_v2, posteriordb_v2_dir, wrappers_used
 from .test_posteriordb import check_divergences, check_draws
 
-az = import_arviz()
 pytestmark = pytest.mark.slow
 
 NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 500, 1000
