@@ -6,7 +6,9 @@ divergent transitions. Set ``REPARAM_BRIDGE_VALIDATION_RESULTS=<file.jsonl>`` to
 row per posterior (for ``benchmarks/validation_table.py``, which writes
 ``benchmarks/validation.md``).
 
-Cost (2 shared CPU cores): see ``benchmarks/validation.md``; about 4 minutes for all twelve.
+Cost: per-posterior seconds are in ``benchmarks/validation.md``. Measured only on an overloaded
+machine (load 14-30 on 2 cores): 44-200 s per posterior for ten of them; Lotka-Volterra and the
+HSGP (accel_gp, tree depth ~10) are the expensive ones and were not timed to completion.
 """
 
 import importlib.util
