@@ -85,7 +85,7 @@ def check(fast: bool) -> "rb.testing.BijectorReport":
 
 
 def main(fast: bool, out: str) -> list[str]:
-    from reparam_bridge import _arviz as az  # ArviZ 0.2x/1.x adapter
+    az = rb.arviz  # ArviZ 0.2x/1.x adapter
 
     os.makedirs(out, exist_ok=True)
 
