@@ -31,9 +31,11 @@ def render(rows: list[dict], machine: str) -> str:
     for name in sorted(latest, key=lambda n: (latest[n]["set"], n)):
         r = latest[name]
         seconds = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
-        lines.append(f"| {name} | {r['set']} | {r['dimension']} | {', '.join(r['wrappers'])} | "
-                     f"{'yes' if r['passed'] else '**no**'} | {r['worst_z']:.2f} | {r['divergences']} | "
-                     f"{r['draws']} | {seconds} |")
+        lines.append(
+            f"| {name} | {r['set']} | {r['dimension']} | {', '.join(r['wrappers'])} | "
+            f"{'yes' if r['passed'] else '**no**'} | {r['worst_z']:.2f} | {r['divergences']} | "
+            f"{r['draws']} | {seconds} |"
+        )
     return "\n".join(lines) + "\n"
 
 

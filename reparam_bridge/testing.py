@@ -85,7 +85,9 @@ class BijectorReport:
             self.findings.append(Finding(check, "passed", ok_message))
 
     def __str__(self) -> str:
-        head = f"check_bijector({self.name}): " + ("all checks passed" if self.ok else f"{len(self.failures)} check(s) FAILED")
+        head = f"check_bijector({self.name}): " + (
+            "all checks passed" if self.ok else f"{len(self.failures)} check(s) FAILED"
+        )
         lines = [f"  {f.status.upper():7s} {f.check}: {f.message}" for f in self.findings]
         return "\n".join([head, *lines])
 
@@ -162,8 +164,10 @@ def _default_coords(tree: Any, n: int) -> tuple[Callable[[Any], jax.Array], list
     """Coordinates and their names: per wrapped node of a container tree (each node's own
     convention, named by its path), else :func:`coordinates` of the whole value."""
     nodes = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, rb.Unwrappable))
-    counts = [ravel_pytree(rb.partition(node)[0])[0].size if isinstance(node, rb.Unwrappable) else jnp.size(node)
-              for _, node in nodes]
+    counts = [
+        ravel_pytree(rb.partition(node)[0])[0].size if isinstance(node, rb.Unwrappable) else jnp.size(node)
+        for _, node in nodes
+    ]
     try:
         values = jax.tree_util.tree_leaves(rb.unwrap(tree))
         per_node = len(nodes) > 1 and len(values) == len(nodes) and sum(counts) == n
@@ -229,7 +233,8 @@ def check_bijector(
     """
     key = jax.random.key(0) if key is None else key
     is_tree = isinstance(bijector_or_factory, rb.Unwrappable) or (
-        not callable(bijector_or_factory) and rb.contains_unwrappables(bijector_or_factory))
+        not callable(bijector_or_factory) and rb.contains_unwrappables(bijector_or_factory)
+    )
     factory = None if is_tree else bijector_or_factory
     if factory is not None and value is None:
         raise TypeError("check_bijector: with a factory, give value= (a constrained value it accepts).")
@@ -276,13 +281,20 @@ def _check_jacobian(report, build, coords, pts, n) -> None:
 
     out0, ldj0 = pair(pts[0])
     if out0.size != n:
-        report.add("log-Jacobian", [(
-            f"the value has {out0.size} independent coordinates but there are {n} free numbers; "
-            "pass coords= (value -> the independent coordinates, README 'Bijectors and conventions')")])
+        report.add(
+            "log-Jacobian",
+            [
+                (
+                    f"the value has {out0.size} independent coordinates but there are {n} free numbers; "
+                    "pass coords= (value -> the independent coordinates, README 'Bijectors and conventions')"
+                )
+            ],
+        )
         return
     if jnp.shape(ldj0) != ():
         report.add("log-Jacobian", [f"log_det_jacobian() must return a scalar, got shape {jnp.shape(ldj0)}; sum it"])
         return
+
     def at(z):
         sign, ref = jnp.linalg.slogdet(jax.jacfwd(lambda x: pair(x)[0])(z))
         return sign, ref, pair(z)[1]
@@ -295,9 +307,14 @@ def _check_jacobian(report, build, coords, pts, n) -> None:
         if float(sign) == 0:
             failures.append(f"the map is singular {where}: it is not a bijection onto the coordinates")
         elif not abs(ours - float(ref)) <= 1e-6 * max(1.0, abs(float(ref))):
-            hint = ("it looks sign-flipped (log|det| of the inverse map)" if abs(ours + float(ref)) < 1e-6 * max(1, abs(ours))
-                    else "look for a missing or extra term, or a Jacobian taken w.r.t. other coordinates")
-            failures.append(f"log_det_jacobian() = {ours:.6g} but jacfwd+slogdet gives {float(ref):.6g} {where}; {hint}")
+            hint = (
+                "it looks sign-flipped (log|det| of the inverse map)"
+                if abs(ours + float(ref)) < 1e-6 * max(1, abs(ours))
+                else "look for a missing or extra term, or a Jacobian taken w.r.t. other coordinates"
+            )
+            failures.append(
+                f"log_det_jacobian() = {ours:.6g} but jacfwd+slogdet gives {float(ref):.6g} {where}; {hint}"
+            )
     report.add("log-Jacobian", failures[:3], f"matches jacfwd+slogdet at {len(pts)} random points (float64)")
 
 
@@ -311,15 +328,21 @@ def _check_round_trip(report, build, factory, pts) -> None:
         try:
             again = factory(v)
         except (ValueError, TypeError) as e:
-            failures.append(f"the factory rejected the value {_sbc.describe(v)} made from free arrays {_sbc.describe(z)}: {e}")
+            failures.append(
+                f"the factory rejected the value {_sbc.describe(v)} made from free arrays {_sbc.describe(z)}: {e}"
+            )
             continue
         z2, _ = ravel_pytree(rb.partition(again)[0])
         v2 = rb.unwrap(again)
         if z2.shape != z.shape or not np.allclose(np.asarray(z2, np.float64), z, rtol=1e-6, atol=1e-6):
-            failures.append(f"free arrays {_sbc.describe(z)} -> value -> factory gives free arrays {_sbc.describe(z2)}: "
-                            "the constructor's inverse map does not invert unwrap()")
-        elif not all(np.allclose(a, b, rtol=1e-6, atol=1e-8) for a, b in zip(
-                jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(v2))):
+            failures.append(
+                f"free arrays {_sbc.describe(z)} -> value -> factory gives free arrays {_sbc.describe(z2)}: "
+                "the constructor's inverse map does not invert unwrap()"
+            )
+        elif not all(
+            np.allclose(a, b, rtol=1e-6, atol=1e-8)
+            for a, b in zip(jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(v2))
+        ):
             failures.append(f"value {_sbc.describe(v)} -> factory -> unwrap gives {_sbc.describe(v2)}")
     report.add("round trip", failures[:3], f"factory(unwrap(u)) recovers u at {len(pts)} points (float64)")
 
@@ -329,8 +352,12 @@ def _check_edges(report, tree, coords, edge, dtype) -> None:
     u0, unravel = ravel_pytree(params)
     n = u0.size
     alt = jnp.where(jnp.arange(n) % 2 == 0, edge, -edge).astype(dtype)
-    named = [("all +edge", jnp.full(n, edge, dtype)), ("all -edge", jnp.full(n, -edge, dtype)),
-             ("alternating ±edge", alt), ("alternating ∓edge", -alt)]
+    named = [
+        ("all +edge", jnp.full(n, edge, dtype)),
+        ("all -edge", jnp.full(n, -edge, dtype)),
+        ("alternating ±edge", alt),
+        ("alternating ∓edge", -alt),
+    ]
     named += [(f"free[{i}] = {s}edge", u0.at[i].set(s * edge)) for i in sorted({0, n - 1}) for s in (1, -1)]
 
     def parts(z):
@@ -346,10 +373,14 @@ def _check_edges(report, tree, coords, edge, dtype) -> None:
     for (label, z), row in zip(named, ok):
         bad = [what for what, good in zip(("value", "log-Jacobian", "gradient"), row) if not good]
         if bad:
-            failures.append(f"{' and '.join(bad)} not finite at {label} ({edge:g}); compute it in log space "
-                            "(logsumexp, softplus, log1p) so nothing over/underflows")
+            failures.append(
+                f"{' and '.join(bad)} not finite at {label} ({edge:g}); compute it in log space "
+                "(logsumexp, softplus, log1p) so nothing over/underflows"
+            )
     name = np.dtype(dtype).name
-    report.add(f"edges {name}", failures[:3], f"value, log-Jacobian and gradient finite at ±{edge:g} ({len(named)} points)")
+    report.add(
+        f"edges {name}", failures[:3], f"value, log-Jacobian and gradient finite at ±{edge:g} ({len(named)} points)"
+    )
 
 
 def _check_sbc(report, tree, prior, coords, coord_names, key, replicates, draws, warmup, thin, alpha) -> None:
@@ -380,8 +411,18 @@ def _check_sbc(report, tree, prior, coords, coord_names, key, replicates, draws,
         return truth[: nq - 1] + noise * jax.random.normal(k, noise.shape)
 
     weights = np.repeat([0.0, 1.0], replicates // 2)
-    ranks, divs = _sbc.run_sbc(logdensity, sample_prior, lambda z: q_of_value(rb.unwrap(model(z))), observe, u0,
-                               key=k_run, weights=weights, num_warmup=warmup, num_draws=draws, thin=thin)
+    ranks, divs = _sbc.run_sbc(
+        logdensity,
+        sample_prior,
+        lambda z: q_of_value(rb.unwrap(model(z))),
+        observe,
+        u0,
+        key=k_run,
+        weights=weights,
+        num_warmup=warmup,
+        num_draws=draws,
+        thin=thin,
+    )
     names = list(coord_names)[: nq - 1] + ["log prior density"]
     level = alpha / (2 * nq)
     failures = []
@@ -391,10 +432,14 @@ def _check_sbc(report, tree, prior, coords, coord_names, key, replicates, draws,
             p, shape = _sbc.ecdf_uniformity(ranks[rows, j], draws + 1)
             report.sbc_p[(setting, qname)] = p
             if p < level:
-                failures.append(f"{setting}: ranks of {qname} are not uniform (ECDF leaves the simultaneous band, "
-                                f"p = {p:.2g} < {level:.2g}){'; ' + shape if shape else ''}. A wrong log-Jacobian "
-                                "makes NUTS sample the wrong density: run the log-Jacobian check")
+                failures.append(
+                    f"{setting}: ranks of {qname} are not uniform (ECDF leaves the simultaneous band, "
+                    f"p = {p:.2g} < {level:.2g}){'; ' + shape if shape else ''}. A wrong log-Jacobian "
+                    "makes NUTS sample the wrong density: run the log-Jacobian check"
+                )
     div_rate = divs.sum() / (len(weights) * draws * thin)
-    msg = (f"ranks uniform for {nq} quantities x 2 settings ({len(weights)} replicates, {draws} draws each; "
-           f"min p {min(report.sbc_p.values()):.2g}, level {level:.2g}); divergences {100 * div_rate:.2f}%")
+    msg = (
+        f"ranks uniform for {nq} quantities x 2 settings ({len(weights)} replicates, {draws} draws each; "
+        f"min p {min(report.sbc_p.values()):.2g}, level {level:.2g}); divergences {100 * div_rate:.2f}%"
+    )
     report.add("SBC", failures[:4], msg)

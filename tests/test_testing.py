@@ -48,8 +48,11 @@ NAMED = {
     "Simplex": (rb.Simplex, jnp.array([0.2, 0.3, 0.5]), dist.Dirichlet(jnp.array([1.0, 2.0, 3.0]))),
     "Ordered": (rb.Ordered, jnp.array([-1.0, 0.0, 1.0]), OrderStatistics(dist.Normal(), 3)),
     "PositiveOrdered": (rb.PositiveOrdered, jnp.array([0.5, 1.0, 2.0]), OrderStatistics(dist.Gamma(2.0, 1.0), 3)),
-    "CorrCholesky": (rb.CorrCholesky, jnp.linalg.cholesky(jnp.array([[1.0, 0.3, 0.1], [0.3, 1.0, -0.2], [0.1, -0.2, 1.0]])),
-                     dist.LKJCholesky(3, 2.0)),
+    "CorrCholesky": (
+        rb.CorrCholesky,
+        jnp.linalg.cholesky(jnp.array([[1.0, 0.3, 0.1], [0.3, 1.0, -0.2], [0.1, -0.2, 1.0]])),
+        dist.LKJCholesky(3, 2.0),
+    ),
     "CorrMatrix": (rb.CorrMatrix, jnp.array([[1.0, 0.3, 0.1], [0.3, 1.0, -0.2], [0.1, -0.2, 1.0]]), dist.LKJ(3, 2.0)),
     "CovCholesky": (rb.CovCholesky, jnp.array([[1.0, 0.0], [0.5, 2.0]]), dist.WishartCholesky(4.0, scale_matrix=I2)),
     "PositiveDefinite": (rb.PositiveDefinite, jnp.array([[2.0, 0.5], [0.5, 1.0]]), dist.Wishart(4.0, scale_matrix=I2)),
@@ -65,8 +68,13 @@ def test_named_bijector_passes_deterministic_checks(name):
     report = check_bijector(factory, jnp.asarray(value), sbc=False)
     assert report.ok, str(report)
     status = {f.check: f.status for f in report.findings}
-    assert status == {"log-Jacobian": "passed", "round trip": "passed", "edges float32": "passed",
-                      "edges float64": "passed", "SBC": "skipped"}, str(report)
+    assert status == {
+        "log-Jacobian": "passed",
+        "round trip": "passed",
+        "edges float32": "passed",
+        "edges float64": "passed",
+        "SBC": "skipped",
+    }, str(report)
 
 
 @pytest.mark.slow
@@ -144,7 +152,7 @@ class BadInverse(ScaledExp):
 
 def test_catches_a_broken_round_trip():
     report = check_bijector(BadInverse, jnp.array([0.5, 3.0]), sbc=False)
-    assert _status(report) ["round trip"] == "failed"
+    assert _status(report)["round trip"] == "failed"
     assert _status(report)["log-Jacobian"] == "passed"
     assert "does not invert unwrap()" in str(report)
 

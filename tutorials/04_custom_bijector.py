@@ -80,8 +80,9 @@ def check(fast: bool) -> "rb.testing.BijectorReport":
     """``rb.testing.check_bijector`` on the whole tree, built from a value by ``make_model``:
     log-Jacobian vs ``jax.jacfwd`` + ``slogdet``, round trip, edges in float32/float64 and
     (full run) simulation-based calibration of NUTS through the bijector."""
-    return rb.testing.check_bijector(lambda v: make_model(v["a"], v["b"]), {"a": 2.0, "b": 0.5},
-                                     prior=ABPrior(), sbc=not fast)
+    return rb.testing.check_bijector(
+        lambda v: make_model(v["a"], v["b"]), {"a": 2.0, "b": 0.5}, prior=ABPrior(), sbc=not fast
+    )
 
 
 def main(fast: bool, out: str) -> list[str]:

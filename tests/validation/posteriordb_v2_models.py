@@ -67,8 +67,7 @@ def suff_stats(X: np.ndarray, y: np.ndarray) -> dict[str, Array]:
     """``XᵀX``, the least-squares ``β̂`` and its residual sum of squares (float64 numpy first)."""
     beta_hat, *_ = np.linalg.lstsq(X, y, rcond=None)
     rss = float(np.sum((y - X @ beta_hat) ** 2))
-    return {"XtX": _f(X.T @ X), "beta_hat": _f(beta_hat), "rss": _f(rss), "n": _f(len(y)),
-            "sd_y": _f(np.std(y))}
+    return {"XtX": _f(X.T @ X), "beta_hat": _f(beta_hat), "rss": _f(rss), "n": _f(len(y)), "sd_y": _f(np.std(y))}
 
 
 def gaussian_loglik(beta: Array, sigma: Array, s: dict) -> Array:
@@ -131,8 +130,11 @@ def blr_data(raw):
 
 
 def blr_log_joint(m, s):  # beta ~ normal(0, 10); sigma ~ normal(0, 10) on <lower=0>
-    return (dist.Normal(0.0, 10.0).log_prob(m.beta).sum() + dist.HalfNormal(10.0).log_prob(m.sigma)
-            + gaussian_loglik(m.beta, m.sigma, s))
+    return (
+        dist.Normal(0.0, 10.0).log_prob(m.beta).sum()
+        + dist.HalfNormal(10.0).log_prob(m.sigma)
+        + gaussian_loglik(m.beta, m.sigma, s)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -156,9 +158,12 @@ def diamonds_init(s):
 
 
 def diamonds_log_joint(m, s):
-    return (dist.Normal(0.0, 1.0).log_prob(m.b).sum() + dist.StudentT(3.0, 8.0, 10.0).log_prob(m.Intercept)
-            + dist.StudentT(3.0, 0.0, 10.0).log_prob(m.sigma)
-            + gaussian_loglik(jnp.append(m.b, m.Intercept), m.sigma, s))
+    return (
+        dist.Normal(0.0, 1.0).log_prob(m.b).sum()
+        + dist.StudentT(3.0, 8.0, 10.0).log_prob(m.Intercept)
+        + dist.StudentT(3.0, 0.0, 10.0).log_prob(m.sigma)
+        + gaussian_loglik(jnp.append(m.b, m.Intercept), m.sigma, s)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -181,10 +186,15 @@ def gp_regr_init(data):
 
 def gp_regr_log_joint(m, data):
     x = data["x"]
-    cov = m.alpha**2 * jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / m.rho**2) + m.sigma * jnp.eye(x.size, dtype=x.dtype)
-    return (dist.Gamma(25.0, 4.0).log_prob(m.rho) + dist.HalfNormal(2.0).log_prob(m.alpha)
-            + dist.HalfNormal(1.0).log_prob(m.sigma)
-            + dist.MultivariateNormal(jnp.zeros_like(x), scale_tril=jnp.linalg.cholesky(cov)).log_prob(data["y"]))
+    cov = m.alpha**2 * jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / m.rho**2) + m.sigma * jnp.eye(
+        x.size, dtype=x.dtype
+    )
+    return (
+        dist.Gamma(25.0, 4.0).log_prob(m.rho)
+        + dist.HalfNormal(2.0).log_prob(m.alpha)
+        + dist.HalfNormal(1.0).log_prob(m.sigma)
+        + dist.MultivariateNormal(jnp.zeros_like(x), scale_tril=jnp.linalg.cholesky(cov)).log_prob(data["y"])
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -203,17 +213,25 @@ def hmm_data(raw):
 
 
 def hmm_init(data):
-    return HmmDrive(rb.Simplex(_f([0.9, 0.1])), rb.Simplex(_f([0.1, 0.9])),
-                    rb.PositiveOrdered(_f([1.5, 6.0])), rb.PositiveOrdered(_f([0.03, 0.08])))
+    return HmmDrive(
+        rb.Simplex(_f([0.9, 0.1])),
+        rb.Simplex(_f([0.1, 0.9])),
+        rb.PositiveOrdered(_f([1.5, 6.0])),
+        rb.PositiveOrdered(_f([0.03, 0.08])),
+    )
 
 
 def hmm_log_joint(m, data):
     log_theta = jnp.log(jnp.stack([m.theta1, m.theta2]))  # [from j, to k]
-    prior = (dist.Dirichlet(data["alpha"][0]).log_prob(m.theta1) + dist.Dirichlet(data["alpha"][1]).log_prob(m.theta2)
-             + dist.Normal(jnp.array([0.0, 3.0]), 1.0).log_prob(m.phi).sum()
-             + dist.Normal(jnp.array([0.0, 3.0]), 1.0).log_prob(m.lambda_).sum())
-    emit = (dist.Exponential(m.phi).log_prob(data["u"][:, None])
-            + dist.Exponential(m.lambda_).log_prob(data["v"][:, None]))  # (N, K)
+    prior = (
+        dist.Dirichlet(data["alpha"][0]).log_prob(m.theta1)
+        + dist.Dirichlet(data["alpha"][1]).log_prob(m.theta2)
+        + dist.Normal(jnp.array([0.0, 3.0]), 1.0).log_prob(m.phi).sum()
+        + dist.Normal(jnp.array([0.0, 3.0]), 1.0).log_prob(m.lambda_).sum()
+    )
+    emit = dist.Exponential(m.phi).log_prob(data["u"][:, None]) + dist.Exponential(m.lambda_).log_prob(
+        data["v"][:, None]
+    )  # (N, K)
 
     def forward(gamma, e):  # gamma[t, k] = logsumexp_j(gamma[t-1, j] + log theta[j, k]) + e[t, k]
         gamma = jax.nn.logsumexp(gamma[:, None] + log_theta, axis=0) + e
@@ -242,8 +260,9 @@ def lv_data(raw):
 
 
 def lv_init(data):
-    return LotkaVolterra(rb.Positive(_f([0.55, 0.028, 0.8, 0.024])), rb.Positive(_f([33.0, 6.0])),
-                         rb.Positive(_f([0.25, 0.25])))
+    return LotkaVolterra(
+        rb.Positive(_f([0.55, 0.028, 0.8, 0.024])), rb.Positive(_f([33.0, 6.0])), rb.Positive(_f([0.25, 0.25]))
+    )
 
 
 def lv_solve(theta: Array, z0: Array, ts: Array) -> Array:
@@ -256,9 +275,17 @@ def lv_solve(theta: Array, z0: Array, ts: Array) -> Array:
         return jnp.stack([(th[0] - th[1] * v) * u, (-th[2] + th[3] * u) * v])
 
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(rhs), diffrax.Dopri5(), t0=0.0, t1=ts[-1], dt0=0.1, y0=z0, args=theta,
-        saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-5),
-        max_steps=500, throw=False,  # Stan's step budget; early warm-up visits stiff corners: reject them
+        diffrax.ODETerm(rhs),
+        diffrax.Dopri5(),
+        t0=0.0,
+        t1=ts[-1],
+        dt0=0.1,
+        y0=z0,
+        args=theta,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-5),
+        max_steps=500,
+        throw=False,  # Stan's step budget; early warm-up visits stiff corners: reject them
     )
     ok = sol.result == diffrax.RESULTS.successful
     return jnp.where(ok, sol.ys, jnp.nan)  # (N, 2); NaN makes the log density NaN: NUTS rejects the step
@@ -267,12 +294,16 @@ def lv_solve(theta: Array, z0: Array, ts: Array) -> Array:
 def lv_log_joint(m, data):
     z = lv_solve(m.theta, m.z_init, data["ts"])
     th = m.theta
-    prior = (dist.Normal(1.0, 0.5).log_prob(th[jnp.array([0, 2])]).sum()
-             + dist.Normal(0.05, 0.05).log_prob(th[jnp.array([1, 3])]).sum()
-             + dist.LogNormal(-1.0, 1.0).log_prob(m.sigma).sum()
-             + dist.LogNormal(jnp.log(10.0), 1.0).log_prob(m.z_init).sum())
-    lik = (dist.LogNormal(jnp.log(m.z_init), m.sigma).log_prob(data["y_init"]).sum()
-           + dist.LogNormal(jnp.log(z), m.sigma).log_prob(data["y"]).sum())
+    prior = (
+        dist.Normal(1.0, 0.5).log_prob(th[jnp.array([0, 2])]).sum()
+        + dist.Normal(0.05, 0.05).log_prob(th[jnp.array([1, 3])]).sum()
+        + dist.LogNormal(-1.0, 1.0).log_prob(m.sigma).sum()
+        + dist.LogNormal(jnp.log(10.0), 1.0).log_prob(m.z_init).sum()
+    )
+    lik = (
+        dist.LogNormal(jnp.log(m.z_init), m.sigma).log_prob(data["y_init"]).sum()
+        + dist.LogNormal(jnp.log(z), m.sigma).log_prob(data["y"]).sum()
+    )
     return prior + lik
 
 
@@ -292,13 +323,26 @@ class AccelGp(eqx.Module):
 
 
 def accel_data(raw):
-    return {"Y": _f(raw["Y"]), "X1": _f(raw["Xgp_1"]), "slambda1": _f(raw["slambda_1"])[:, 0],
-            "Xs": _f(raw["Xgp_sigma_1"]), "slambdas": _f(raw["slambda_sigma_1"])[:, 0]}
+    return {
+        "Y": _f(raw["Y"]),
+        "X1": _f(raw["Xgp_1"]),
+        "slambda1": _f(raw["slambda_1"])[:, 0],
+        "Xs": _f(raw["Xgp_sigma_1"]),
+        "slambdas": _f(raw["slambda_sigma_1"])[:, 0],
+    }
 
 
 def accel_init(data):
-    return AccelGp(rb.Real(_f(-10.0)), rb.Positive(_f(40.0)), rb.Positive(_f(0.08)), rb.Real(jnp.zeros(40)),
-                   rb.Real(_f(2.5)), rb.Positive(_f(5.0)), rb.Positive(_f(0.1)), rb.Real(jnp.zeros(20)))
+    return AccelGp(
+        rb.Real(_f(-10.0)),
+        rb.Positive(_f(40.0)),
+        rb.Positive(_f(0.08)),
+        rb.Real(jnp.zeros(40)),
+        rb.Real(_f(2.5)),
+        rb.Positive(_f(5.0)),
+        rb.Positive(_f(0.1)),
+        rb.Real(jnp.zeros(20)),
+    )
 
 
 def _hsgp(X, slambda, sdgp, lscale, z):
@@ -311,12 +355,17 @@ def accel_log_joint(m, d):
     mu = m.Intercept + _hsgp(d["X1"], d["slambda1"], m.sdgp_1, m.lscale_1, m.zgp_1)
     log_sigma = m.Intercept_sigma + _hsgp(d["Xs"], d["slambdas"], m.sdgp_sigma_1, m.lscale_sigma_1, m.zgp_sigma_1)
     ig = dist.InverseGamma(1.124909, 0.0177)
-    return (dist.StudentT(3.0, -13.0, 36.0).log_prob(m.Intercept) + dist.StudentT(3.0, 0.0, 36.0).log_prob(m.sdgp_1)
-            + dist.Normal().log_prob(m.zgp_1).sum() + ig.log_prob(m.lscale_1)
-            + dist.StudentT(3.0, 0.0, 10.0).log_prob(m.Intercept_sigma)
-            + dist.StudentT(3.0, 0.0, 36.0).log_prob(m.sdgp_sigma_1)
-            + dist.Normal().log_prob(m.zgp_sigma_1).sum() + ig.log_prob(m.lscale_sigma_1)
-            + dist.Normal(mu, jnp.exp(log_sigma)).log_prob(d["Y"]).sum())
+    return (
+        dist.StudentT(3.0, -13.0, 36.0).log_prob(m.Intercept)
+        + dist.StudentT(3.0, 0.0, 36.0).log_prob(m.sdgp_1)
+        + dist.Normal().log_prob(m.zgp_1).sum()
+        + ig.log_prob(m.lscale_1)
+        + dist.StudentT(3.0, 0.0, 10.0).log_prob(m.Intercept_sigma)
+        + dist.StudentT(3.0, 0.0, 36.0).log_prob(m.sdgp_sigma_1)
+        + dist.Normal().log_prob(m.zgp_sigma_1).sum()
+        + ig.log_prob(m.lscale_sigma_1)
+        + dist.Normal(mu, jnp.exp(log_sigma)).log_prob(d["Y"]).sum()
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -328,18 +377,31 @@ CASES_V2: dict[str, Case] = {
     for case in [
         Case("bball_drive_event_0-hmm_drive_0", hmm_data, hmm_init, hmm_log_joint, hmm_quantities, x64=True),
         # 26 strongly correlated coefficients: a dense mass matrix
-        Case("diamonds-diamonds", diamonds_data, diamonds_init, diamonds_log_joint, x64=True,
-             sample_kwargs={"dense_mass": True}),
+        Case(
+            "diamonds-diamonds",
+            diamonds_data,
+            diamonds_init,
+            diamonds_log_joint,
+            x64=True,
+            sample_kwargs={"dense_mass": True},
+        ),
         # coefficients of order 1e4 (flat priors): the adapted dense mass matrix takes the scales
         Case("earnings-earn_height", earn_height_data, log_joint=flat, **_LINREG),
         Case("earnings-logearn_interaction", logearn_interaction_data, log_joint=flat, **_LINREG),
         Case("gp_pois_regr-gp_regr", gp_regr_data, gp_regr_init, gp_regr_log_joint, x64=True),
         Case("hudson_lynx_hare-lotka_volterra", lv_data, lv_init, lv_log_joint, x64=True),
-        Case("kidiq-kidscore_interaction", kidscore_interaction_data, log_joint=kidscore_interaction_log_joint,
-             **_LINREG),
+        Case(
+            "kidiq-kidscore_interaction", kidscore_interaction_data, log_joint=kidscore_interaction_log_joint, **_LINREG
+        ),
         Case("kidiq_with_mom_work-kidscore_interaction_c2", kidscore_c2_data, log_joint=flat, **_LINREG),
-        Case("mcycle_gp-accel_gp", accel_data, accel_init, accel_log_joint, x64=True,
-             sample_kwargs={"target_accept_prob": 0.95}),  # 0.9: 1.7% divergent (300+300 draws)
+        Case(
+            "mcycle_gp-accel_gp",
+            accel_data,
+            accel_init,
+            accel_log_joint,
+            x64=True,
+            sample_kwargs={"target_accept_prob": 0.95},
+        ),  # 0.9: 1.7% divergent (300+300 draws)
         Case("mesquite-logmesquite", logmesquite_data, log_joint=flat, **_LINREG),
         Case("nes2000-nes", nes_data, log_joint=flat, **_LINREG),
         Case("sblrc-blr", blr_data, log_joint=blr_log_joint, **_LINREG),

@@ -47,9 +47,11 @@ def nig_problem():
     data = {"X": jnp.asarray(X), "y": jnp.asarray(y), "V0": jnp.asarray(V0)}
 
     def log_joint(m, d):
-        return (dist.InverseGamma(a0, b0).log_prob(m.sigma2)
-                + dist.MultivariateNormal(jnp.zeros(3), m.sigma2 * d["V0"]).log_prob(m.beta)
-                + dist.Normal(d["X"] @ m.beta, jnp.sqrt(m.sigma2)).log_prob(d["y"]).sum())
+        return (
+            dist.InverseGamma(a0, b0).log_prob(m.sigma2)
+            + dist.MultivariateNormal(jnp.zeros(3), m.sigma2 * d["V0"]).log_prob(m.beta)
+            + dist.Normal(d["X"] @ m.beta, jnp.sqrt(m.sigma2)).log_prob(d["y"]).sum()
+        )
 
     def values(draws):
         out = {f"beta[{i + 1}]": draws.beta[..., i] for i in range(3)}
@@ -82,25 +84,50 @@ def beta_binomial_problem():
     def log_joint(m, data):
         return dist.Beta(a, b).log_prob(m["theta"]) + dist.Binomial(n, m["theta"]).log_prob(data)
 
-    return ({"theta": rb.Bounded(0.5, lower=0.0, upper=1.0)}, log_joint, jnp.asarray(float(k)),
-            lambda d: {"theta": d["theta"]}, exact)
+    return (
+        {"theta": rb.Bounded(0.5, lower=0.0, upper=1.0)},
+        log_joint,
+        jnp.asarray(float(k)),
+        lambda d: {"theta": d["theta"]},
+        exact,
+    )
 
 
-PROBLEMS = {"nig_regression": nig_problem, "dirichlet_multinomial": dirichlet_problem,
-            "beta_binomial": beta_binomial_problem}
+PROBLEMS = {
+    "nig_regression": nig_problem,
+    "dirichlet_multinomial": dirichlet_problem,
+    "beta_binomial": beta_binomial_problem,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_matches_closed_form_posterior(name):
     with jax.enable_x64(True):
         model, log_joint, data, values_of, exact = PROBLEMS[name]()
-        post = rb.sample(model, log_joint, data, key=jax.random.key(11), num_warmup=NUM_WARMUP,
-                         num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS, chain_method="vectorized",
-                         progress_bar=False)
+        post = rb.sample(
+            model,
+            log_joint,
+            data,
+            key=jax.random.key(11),
+            num_warmup=NUM_WARMUP,
+            num_samples=NUM_SAMPLES,
+            num_chains=NUM_CHAINS,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
         values = {k: np.asarray(v) for k, v in values_of(post.draws).items()}
     failures = check_draws(values, exact, ref_draws=None) + check_divergences(post)
-    record({"posterior": name, "set": "closed form", "dimension": len(exact), "wrappers": wrappers_used(model),
-            "passed": not failures, "worst_z": worst_z(values, exact, ref_draws=None),
+    record(
+        {
+            "posterior": name,
+            "set": "closed form",
+            "dimension": len(exact),
+            "wrappers": wrappers_used(model),
+            "passed": not failures,
+            "worst_z": worst_z(values, exact, ref_draws=None),
             "divergences": int(np.asarray(post.sample_stats["diverging"]).sum()),
-            "draws": f"{NUM_CHAINS}x{NUM_SAMPLES}", "seconds": None})
+            "draws": f"{NUM_CHAINS}x{NUM_SAMPLES}",
+            "seconds": None,
+        }
+    )
     assert not failures, f"{name}:\n  " + "\n  ".join(failures)

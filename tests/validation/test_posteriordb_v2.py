@@ -33,7 +33,8 @@ NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 500, 1000
 RESULTS_ENV = "REPARAM_BRIDGE_VALIDATION_RESULTS"
 
 needs_data = pytest.mark.skipif(
-    posteriordb_v2_dir() is None, reason="no posteriordb_v2 folder (../shared/posteriordb_v2 or $REPARAM_BRIDGE_POSTERIORDB_V2)"
+    posteriordb_v2_dir() is None,
+    reason="no posteriordb_v2 folder (../shared/posteriordb_v2 or $REPARAM_BRIDGE_POSTERIORDB_V2)",
 )
 
 
@@ -61,9 +62,18 @@ def run_v2(name: str, seed: int = 0):
     with jax.enable_x64(case.x64):
         data = case.data(posterior["data"])
         model = case.init(data)
-        post = rb.sample(model, case.log_joint, data, key=jax.random.key(seed), num_warmup=NUM_WARMUP,
-                         num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS, chain_method="vectorized",
-                         progress_bar=False, **case.sample_kwargs)
+        post = rb.sample(
+            model,
+            case.log_joint,
+            data,
+            key=jax.random.key(seed),
+            num_warmup=NUM_WARMUP,
+            num_samples=NUM_SAMPLES,
+            num_chains=NUM_CHAINS,
+            chain_method="vectorized",
+            progress_bar=False,
+            **case.sample_kwargs,
+        )
         values = reference_draws(case, post.draws, data, list(posterior["reference"]))
     return model, post, values
 
@@ -84,8 +94,17 @@ def test_reproduces_reference_v2(name):
     seconds = time.perf_counter() - start
     reference = load_v2(name)["reference"]
     failures = check_draws(values, reference) + check_divergences(post)
-    record({"posterior": name, "set": "posteriordb_v2", "dimension": len(reference),
-            "wrappers": wrappers_used(model), "passed": not failures, "worst_z": worst_z(values, reference),
+    record(
+        {
+            "posterior": name,
+            "set": "posteriordb_v2",
+            "dimension": len(reference),
+            "wrappers": wrappers_used(model),
+            "passed": not failures,
+            "worst_z": worst_z(values, reference),
             "divergences": int(np.asarray(post.sample_stats["diverging"]).sum()),
-            "draws": f"{NUM_CHAINS}x{NUM_SAMPLES}", "seconds": round(seconds, 1)})
+            "draws": f"{NUM_CHAINS}x{NUM_SAMPLES}",
+            "seconds": round(seconds, 1),
+        }
+    )
     assert not failures, f"{name}:\n  " + "\n  ".join(failures)
