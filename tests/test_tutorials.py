@@ -36,8 +36,13 @@ def test_every_tutorial_is_listed():
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_tutorial_runs_in_fast_mode(script, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(TUTORIALS / script), "--fast", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(TUTORIALS / script), "--fast", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     for name in EXPECTED[script]:
         path = tmp_path / name

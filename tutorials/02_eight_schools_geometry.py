@@ -48,18 +48,23 @@ class Schools(eqx.Module):
 
 def log_joint(m: Schools, y, sigma):
     # the same for every parameterisation: priors and likelihood over constrained values
-    return (dist.Normal(0.0, 5.0).log_prob(m.mu)
-            + dist.HalfCauchy(5.0).log_prob(m.tau)
-            + dist.Normal(m.mu, m.tau).log_prob(m.theta).sum()
-            + dist.Normal(m.theta, sigma).log_prob(y).sum())
+    return (
+        dist.Normal(0.0, 5.0).log_prob(m.mu)
+        + dist.HalfCauchy(5.0).log_prob(m.tau)
+        + dist.Normal(m.mu, m.tau).log_prob(m.theta).sum()
+        + dist.Normal(m.theta, sigma).log_prob(y).sum()
+    )
 
 
 def eight_schools(centered: float) -> Schools:
     """The model with centredness ``centered``. ``theta`` refers to its siblings by ``rb.Ref``;
     it is built centred (x̃ = x needs no loc/scale values) and converted by
     ``rb.reparameterize``, which keeps every constrained value."""
-    model = Schools(mu=rb.Real(0.0), tau=rb.Positive(2.0),
-                    theta=rb.LocScale(jnp.zeros(8), rb.Ref("mu"), rb.Ref("tau"), centered=1.0))
+    model = Schools(
+        mu=rb.Real(0.0),
+        tau=rb.Positive(2.0),
+        theta=rb.LocScale(jnp.zeros(8), rb.Ref("mu"), rb.Ref("tau"), centered=1.0),
+    )
     return rb.reparameterize(model, lambda m: m.theta, centered=centered)
 
 
@@ -86,8 +91,14 @@ def main(fast: bool, out: str) -> list[str]:
               labels["learned"]: (learned, log_joint)}
     n = 150 if fast else 1000
     table, posteriors = rb.geometry.compare(
-        models, Y, SIGMA, key=jax.random.key(0), num_warmup=n, num_samples=n,
-        num_chains=2 if fast else 4, return_posteriors=True,
+        models,
+        Y,
+        SIGMA,
+        key=jax.random.key(0),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=2 if fast else 4,
+        return_posteriors=True,
     )
     text = table.T.to_string() if hasattr(table, "T") else str(table)
     print(text)
