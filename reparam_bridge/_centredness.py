@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._guides import make_guide
 from ._bijectors.locscale import LocScale, reparameterize
+from ._density import log_density, partition
+from ._guides import make_guide
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names
 from ._variational import _default_optimizer, build_result, fit_elbo, flat_log_density
-from ._density import log_density, partition
 
 
 def _getter(keypath: tuple) -> Callable[[PyTree], Any]:

@@ -19,8 +19,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._bijectors.base import Bijector
-from ._density import log_det_jacobian
-from ._density import log_prior, partition
+from ._density import log_det_jacobian, log_prior, partition
 from ._guides import Flow, default_flow, import_flowjax, make_guide
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names

@@ -11,7 +11,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._guides import FullRank, MeanField, trainable_partition
+from reparam_bridge._guides import FullRank, trainable_partition
 from reparam_bridge._variational import negative_elbo
 
 # A conjugate model: x ~ N(0, I), y ~ N(A x, 0.5² I). Posterior N(m, S) is exact.

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
