@@ -50,8 +50,6 @@ from ._laplace import LaplaceResult as LaplaceResult
 from ._laplace import laplace as laplace
 from ._sample import Posterior as Posterior
 from ._sample import sample as sample
-from ._variational import VariationalResult as VariationalResult
-from ._variational import variational as variational
 from ._tree import NonTrainable as NonTrainable
 from ._tree import Ref as Ref
 from ._tree import Unwrappable as Unwrappable
@@ -62,6 +60,8 @@ from ._unwrappable import SkewSymmetric as SkewSymmetric
 from ._unwrappable import Symmetric as Symmetric
 from ._unwrappable import WeightNormalization as WeightNormalization
 from ._unwrappable import non_trainable as non_trainable
+from ._variational import VariationalResult as VariationalResult
+from ._variational import variational as variational
 
 try:
     __version__ = _metadata.version("reparam_bridge")

@@ -43,7 +43,8 @@ def locscale_paths(model: PyTree) -> list[tuple]:
     """Key paths of the :class:`LocScale` s of ``model`` outside :class:`NonTrainable`."""
     is_leaf = lambda x: isinstance(x, (LocScale, NonTrainable))  # noqa: E731
     return [
-        path for path, leaf in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_leaf)[0]
+        path
+        for path, leaf in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_leaf)[0]
         if isinstance(leaf, LocScale)
     ]
 
@@ -144,13 +145,26 @@ def learn_centredness(
     logit = jnp.log(init_centered / (1 - init_centered)) / _SPEED
     logits0 = [jnp.full(shape, logit, dtype) for shape in shapes]
     q, logits, losses = fit_elbo(
-        q, log_p, logits0, key=k_fit, steps=steps, optimizer=optimizer,
-        num_particles=num_particles, progress_bar=progress_bar, what=what,
+        q,
+        log_p,
+        logits0,
+        key=k_fit,
+        steps=steps,
+        optimizer=optimizer,
+        num_particles=num_particles,
+        progress_bar=progress_bar,
+        what=what,
     )
     cs = [_centredness(t) for t in logits]
     learned_static = with_centredness(static, getters, [NonTrainable(c) for c in cs])
     result = build_result(
-        q, losses, learned_static, unravel, lambda z: log_p(z, logits), k_diag, num_psis_draws,
+        q,
+        losses,
+        learned_static,
+        unravel,
+        lambda z: log_p(z, logits),
+        k_diag,
+        num_psis_draws,
         tuple(coordinate_names(partition(start)[0])),
     )
     learned = result.mean

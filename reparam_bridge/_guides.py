@@ -143,8 +143,15 @@ def default_flow(key: PRNGKeyArray, loc: Array, scale: float, *, flow_layers: in
     base = StandardNormal((n,))
     transformer = eqx.tree_at(lambda a: a.scale, Affine(), replace=paramax.Parameterize(jnp.exp, jnp.zeros(())))
     make = coupling_flow if n >= 2 else masked_autoregressive_flow
-    flow = make(key, base_dist=base, transformer=transformer, flow_layers=flow_layers, nn_width=nn_width,
-                nn_activation=jax.nn.tanh, invert=False)
+    flow = make(
+        key,
+        base_dist=base,
+        transformer=transformer,
+        flow_layers=flow_layers,
+        nn_width=nn_width,
+        nn_activation=jax.nn.tanh,
+        invert=False,
+    )
     return Transformed(base, Chain([flow.bijection, Affine(loc, jnp.full((n,), scale, loc.dtype))]))
 
 

@@ -167,8 +167,15 @@ def neutra(
     if steps:
         optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
         q, _, losses = fit_elbo(
-            q, lambda z, _: log_p(z), None, key=k_fit, steps=steps, optimizer=optimizer,
-            num_particles=num_particles, progress_bar=progress_bar, what=what,
+            q,
+            lambda z, _: log_p(z),
+            None,
+            key=k_fit,
+            steps=steps,
+            optimizer=optimizer,
+            num_particles=num_particles,
+            progress_bar=progress_bar,
+            what=what,
         )
     names = tuple(coordinate_names(partition(model)[0]))
     out = neutra_model(q.dist, static, unravel, names)

@@ -37,8 +37,13 @@ def flat_log_density(log_joint: Callable, model: PyTree, args: tuple, what: str)
 
 
 def negative_elbo(
-    trainable: PyTree, static: PyTree, extra: Any, log_p: Callable[[Array, Any], Array],
-    key: PRNGKeyArray, num_particles: int, stick_the_landing: bool = True,
+    trainable: PyTree,
+    static: PyTree,
+    extra: Any,
+    log_p: Callable[[Array, Any], Array],
+    key: PRNGKeyArray,
+    num_particles: int,
+    stick_the_landing: bool = True,
 ) -> Float[Array, ""]:
     """Monte Carlo ``-ELBO`` of the guide ``eqx.combine(trainable, static)``, whose gradient is
     the sticking-the-landing estimator: ``z = T_φ(ε)`` carries the gradient to ``φ`` while
@@ -85,7 +90,9 @@ def fit_elbo(
             updates, opt_state = optimizer.update(grads, opt_state, state)
             new = optax.apply_updates(state, updates)
             # A non-finite step (a draw in a region where log p is -inf) is skipped, not applied.
-            ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new)]))
+            ok = jnp.isfinite(value) & jnp.all(
+                jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new)])
+            )
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
             return (new, opt_state), value
 
@@ -111,7 +118,7 @@ def fit_elbo(
             losses.append(values)
             if bar is not None:
                 bar.update(size)
-                bar.set_postfix(elbo=f"{-float(jnp.mean(values[-max(1, size // 4):])):.6g}")
+                bar.set_postfix(elbo=f"{-float(jnp.mean(values[-max(1, size // 4) :])):.6g}")
     finally:
         if bar is not None:
             bar.close()
@@ -161,7 +168,7 @@ class VariationalResult(Approximation):
         """The ELBO, averaged over the last tenth of the steps."""
         if self.losses.shape[0] == 0:
             return math.nan
-        tail = self.losses[-max(1, self.losses.shape[0] // 10):]
+        tail = self.losses[-max(1, self.losses.shape[0] // 10) :]
         return -float(jnp.mean(tail))
 
     def _unconstrained(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> tuple[Array, Array]:
@@ -179,8 +186,16 @@ def _default_optimizer(guide: Any, learning_rate: float | None, steps: int) -> o
     return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
 
 
-def build_result(guide: Any, losses: Array, static: PyTree, unravel: Callable, log_p: Callable,
-                 key: PRNGKeyArray, num_psis_draws: int, names: tuple[str, ...]) -> VariationalResult:
+def build_result(
+    guide: Any,
+    losses: Array,
+    static: PyTree,
+    unravel: Callable,
+    log_p: Callable,
+    key: PRNGKeyArray,
+    num_psis_draws: int,
+    names: tuple[str, ...],
+) -> VariationalResult:
     """Moments and PSIS diagnostics of a fitted guide."""
     from ._arviz import psislw
 
@@ -195,8 +210,14 @@ def build_result(guide: Any, losses: Array, static: PyTree, unravel: Callable, l
         ess = float(1.0 / np.sum(np.exp(2 * lw)))
         lw = jnp.asarray(lw)
     return VariationalResult(
-        mean=eqx.combine(unravel(mean), static), covariance=cov, names=names, khat=float(khat),
-        log_weights=lw, ess=ess, guide=guide, losses=losses,
+        mean=eqx.combine(unravel(mean), static),
+        covariance=cov,
+        names=names,
+        khat=float(khat),
+        log_weights=lw,
+        ess=ess,
+        guide=guide,
+        losses=losses,
     )
 
 
@@ -257,8 +278,15 @@ def variational(
     q = make_guide(guide, flat, k_init, init_scale)
     optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
     q, _, losses = fit_elbo(
-        q, lambda z, _: log_p(z), None, key=k_fit, steps=steps, optimizer=optimizer,
-        num_particles=num_particles, progress_bar=progress_bar, what="rb.variational",
+        q,
+        lambda z, _: log_p(z),
+        None,
+        key=k_fit,
+        steps=steps,
+        optimizer=optimizer,
+        num_particles=num_particles,
+        progress_bar=progress_bar,
+        what="rb.variational",
     )
     names = tuple(coordinate_names(partition(model)[0]))
     return build_result(q, losses, static, unravel, log_p, k_diag, num_psis_draws, names)

@@ -29,14 +29,23 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _arviz, _plots
+from ._centredness import learn_centredness  # noqa: F401 - re-exported: rb.geometry.learn_centredness
 from ._density import check_bijective, partition
 from ._naming import draws_to_dict
-from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
-from ._centredness import learn_centredness  # noqa: F401 - re-exported: rb.geometry.learn_centredness
 from ._neutra import NeuTra, neutra  # noqa: F401 - re-exported: rb.geometry.neutra
+from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
 
-__all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers",
-           "learn_centredness", "neutra", "NeuTra"]
+__all__ = [
+    "Curvature",
+    "curvature",
+    "compare",
+    "plot_pair",
+    "plot_trace",
+    "plot_condition_numbers",
+    "learn_centredness",
+    "neutra",
+    "NeuTra",
+]
 
 
 def _dominant(vector: np.ndarray, names: Sequence[str], top: int, mass: float = 0.9) -> list[tuple[str, float]]:

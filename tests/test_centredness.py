@@ -21,8 +21,11 @@ class Hierarchy(eqx.Module):
 
 
 def log_joint(m, n, ybar):
-    return (dist.Normal(0.0, S_MU).log_prob(m.mu) + dist.Normal(m.mu, TAU).log_prob(m.theta).sum()
-            + dist.Normal(m.theta, SIGMA / jnp.sqrt(n)).log_prob(ybar).sum())  # group means: sufficient
+    return (
+        dist.Normal(0.0, S_MU).log_prob(m.mu)
+        + dist.Normal(m.mu, TAU).log_prob(m.theta).sum()
+        + dist.Normal(m.theta, SIGMA / jnp.sqrt(n)).log_prob(ybar).sum()
+    )  # group means: sufficient
 
 
 def data():
@@ -67,12 +70,18 @@ def test_learned_centredness_beats_both_extremes_and_matches_the_exact_posterior
         "non-centred": (rb.reparameterize(model, lambda m: m.theta, centered=0.0), log_joint),
         "learned": (learned, log_joint),
     }
-    table, posts = rb.geometry.compare(models, n, ybar, key=jax.random.key(1), num_warmup=1000,
-                                       num_samples=1000, num_chains=4, return_posteriors=True)
-    print(table[["divergences", "min_ess_bulk", "ess_per_grad", "ess_per_grad_ratio", "condition_number_scaled"]].to_string())
+    table, posts = rb.geometry.compare(
+        models, n, ybar, key=jax.random.key(1), num_warmup=1000, num_samples=1000, num_chains=4, return_posteriors=True
+    )
+    print(
+        table[
+            ["divergences", "min_ess_bulk", "ess_per_grad", "ess_per_grad_ratio", "condition_number_scaled"]
+        ].to_string()
+    )
     assert table["ess_per_grad"].idxmax() == "learned"  # the table says which won
-    assert table.loc["learned", "ess_per_grad"] >= max(table.loc["centred", "ess_per_grad"],
-                                                       table.loc["non-centred", "ess_per_grad"])
+    assert table.loc["learned", "ess_per_grad"] >= max(
+        table.loc["centred", "ess_per_grad"], table.loc["non-centred", "ess_per_grad"]
+    )
     assert table.loc["learned", "divergences"] == 0
     mean, cov = exact_posterior(ybar)
     d = posts["learned"].draws

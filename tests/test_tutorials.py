@@ -17,14 +17,25 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 EXPECTED = {
     "01_power_law_map_then_nuts.py": ["01_trace.png", "01_predictive.png"],
-    "02_eight_schools_geometry.py": ["02_learned_centredness.png", "02_funnel_learned.png", "02_funnel_centred.png",
-                                     "02_funnel_noncentred.png", "02_sampler_coordinates_centred.png",
-                                     "02_sampler_coordinates_noncentred.png", "02_trace_centred.png",
-                                     "02_condition_numbers.png"],
+    "02_eight_schools_geometry.py": [
+        "02_learned_centredness.png",
+        "02_funnel_learned.png",
+        "02_funnel_centred.png",
+        "02_funnel_noncentred.png",
+        "02_sampler_coordinates_centred.png",
+        "02_sampler_coordinates_noncentred.png",
+        "02_trace_centred.png",
+        "02_condition_numbers.png",
+    ],
     "03_numpyro_random_module.py": ["03_gp_fit.png", "03_hyperparameters.png"],
     "04_custom_bijector.py": ["04_b_below_a.png", "04_trace.png"],
-    "05_neutra.py": ["05_funnel_plain.png", "05_funnel_neutra.png", "05_funnel_base_coordinates.png",
-                     "05_funnel_condition_numbers.png", "05_bnn_predictive.png"],
+    "05_neutra.py": [
+        "05_funnel_plain.png",
+        "05_funnel_neutra.png",
+        "05_funnel_base_coordinates.png",
+        "05_funnel_condition_numbers.png",
+        "05_bnn_predictive.png",
+    ],
 }
 
 

@@ -81,8 +81,11 @@ def test_positive_parameter_and_warm_start():
     model = {"mu": rb.Real(0.0), "s": rb.Positive(1.0)}
 
     def lj(m, y):
-        return (dist.Normal(0, 5).log_prob(m["mu"]) + dist.HalfNormal(2).log_prob(m["s"])
-                + dist.Normal(m["mu"], m["s"]).log_prob(y).sum())
+        return (
+            dist.Normal(0, 5).log_prob(m["mu"])
+            + dist.HalfNormal(2).log_prob(m["s"])
+            + dist.Normal(m["mu"], m["s"]).log_prob(y).sum()
+        )
 
     q = rb.variational(model, lj, y, key=jax.random.key(4), guide="fullrank", steps=800, progress_bar=False)
     assert np.isfinite(q.elbo) and q.losses.shape == (800,)
@@ -146,8 +149,11 @@ def test_locscale_array_centredness_jacobian_against_jacfwd():
 
 
 def test_locscale_array_centredness_keeps_values_and_checks_range():
-    model = {"mu": rb.Real(1.0), "tau": rb.Positive(2.0),
-             "theta": rb.LocScale(jnp.array([3.0, 0.0, -1.0]), rb.Ref("mu"), rb.Ref("tau"))}
+    model = {
+        "mu": rb.Real(1.0),
+        "tau": rb.Positive(2.0),
+        "theta": rb.LocScale(jnp.array([3.0, 0.0, -1.0]), rb.Ref("mu"), rb.Ref("tau")),
+    }
     c = jnp.array([0.0, 0.5, 1.0])
     new = rb.reparameterize(model, lambda m: m["theta"], centered=c)
     np.testing.assert_allclose(np.asarray(rb.unwrap(new)["theta"]), [3.0, 0.0, -1.0], rtol=1e-6, atol=1e-6)

@@ -78,8 +78,14 @@ def main(fast: bool, out: str) -> list[str]:
 
     # 2. Learned centredness: one c per school, by gradient (VIP), jointly with the guide.
     learned, q = rb.geometry.learn_centredness(
-        eight_schools(1.0), log_joint, Y, SIGMA, key=jax.random.key(42), steps=300 if fast else 3000,
-        progress_bar=not fast, return_approximation=True,
+        eight_schools(1.0),
+        log_joint,
+        Y,
+        SIGMA,
+        key=jax.random.key(42),
+        steps=300 if fast else 3000,
+        progress_bar=not fast,
+        return_approximation=True,
     )
     c_learned = np.asarray(rb.unwrap(learned.theta.centered))
     print("learned centredness per school:", np.round(c_learned, 2), f"(ELBO {q.elbo:.3f}, k-hat {q.khat:.2f})")
@@ -87,8 +93,11 @@ def main(fast: bool, out: str) -> list[str]:
 
     # 3. The comparison table: identical sampler settings for each parameterisation.
     labels = {1.0: "centred (c=1)", 0.0: "non-centred (c=0)", "learned": "learned (c per school)"}
-    models = {labels[1.0]: (eight_schools(1.0), log_joint), labels[0.0]: (eight_schools(0.0), log_joint),
-              labels["learned"]: (learned, log_joint)}
+    models = {
+        labels[1.0]: (eight_schools(1.0), log_joint),
+        labels[0.0]: (eight_schools(0.0), log_joint),
+        labels["learned"]: (learned, log_joint),
+    }
     n = 150 if fast else 1000
     table, posteriors = rb.geometry.compare(
         models,
@@ -105,24 +114,42 @@ def main(fast: bool, out: str) -> list[str]:
     with open(os.path.join(out, "02_comparison.txt"), "w") as f:
         f.write(text + "\n")
     centred, non_centred = table.loc[labels[1.0]], table.loc[labels[0.0]]
-    print(f"non-centred vs centred: {int(non_centred['divergences'])} vs {int(centred['divergences'])} "
-          f"divergences, {non_centred['ess_per_grad'] / centred['ess_per_grad']:.1f}x the min ESS per "
-          "gradient evaluation")
+    print(
+        f"non-centred vs centred: {int(non_centred['divergences'])} vs {int(centred['divergences'])} "
+        f"divergences, {non_centred['ess_per_grad'] / centred['ess_per_grad']:.1f}x the min ESS per "
+        "gradient evaluation"
+    )
     print("best min ESS per gradient:", table["ess_per_grad"].idxmax())
 
     # 4. Figures: the funnel in constrained coordinates (the same posterior for every c: where
     #    do the divergences sit?) and in the coordinates each sampler actually moves in.
     for c, label in labels.items():
         post, slug = posteriors[label], {1.0: "centred", 0.0: "noncentred", "learned": "learned"}[c]
-        paths.append(rb.geometry.plot_pair(post, ["theta[0]", "log(tau)"],
-                                           os.path.join(out, f"02_funnel_{slug}.png"), title=label))
-        paths.append(rb.geometry.plot_pair(post, ["theta.unconstrained[0]", "tau.unconstrained"],
-                                           os.path.join(out, f"02_sampler_coordinates_{slug}.png"),
-                                           unconstrained=True, title=f"{label}: coordinates NUTS samples"))
-    paths.append(rb.geometry.plot_trace(posteriors[labels[1.0]], os.path.join(out, "02_trace_centred.png"),
-                                        var_names=["mu", "tau", "theta"], title="centred: trace"))
-    paths.append(rb.geometry.plot_condition_numbers(table, os.path.join(out, "02_condition_numbers.png"),
-                                                    title="eight schools"))
+        paths.append(
+            rb.geometry.plot_pair(
+                post, ["theta[0]", "log(tau)"], os.path.join(out, f"02_funnel_{slug}.png"), title=label
+            )
+        )
+        paths.append(
+            rb.geometry.plot_pair(
+                post,
+                ["theta.unconstrained[0]", "tau.unconstrained"],
+                os.path.join(out, f"02_sampler_coordinates_{slug}.png"),
+                unconstrained=True,
+                title=f"{label}: coordinates NUTS samples",
+            )
+        )
+    paths.append(
+        rb.geometry.plot_trace(
+            posteriors[labels[1.0]],
+            os.path.join(out, "02_trace_centred.png"),
+            var_names=["mu", "tau", "theta"],
+            title="centred: trace",
+        )
+    )
+    paths.append(
+        rb.geometry.plot_condition_numbers(table, os.path.join(out, "02_condition_numbers.png"), title="eight schools")
+    )
     for p in paths:
         print("wrote", p)
     return paths

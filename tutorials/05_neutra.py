@@ -72,8 +72,13 @@ def bnn_data():
 
 def bnn_model(hidden: int = 8) -> BNN:
     k = jax.random.split(jax.random.key(3), 2)
-    return BNN(rb.Real(0.5 * jax.random.normal(k[0], (hidden,))), rb.Real(jnp.zeros(hidden)),
-               rb.Real(0.5 * jax.random.normal(k[1], (hidden,))), rb.Real(0.0), rb.Positive(0.5))
+    return BNN(
+        rb.Real(0.5 * jax.random.normal(k[0], (hidden,))),
+        rb.Real(jnp.zeros(hidden)),
+        rb.Real(0.5 * jax.random.normal(k[1], (hidden,))),
+        rb.Real(0.0),
+        rb.Positive(0.5),
+    )
 
 
 def main(fast: bool, out: str) -> list[str]:
@@ -85,39 +90,66 @@ def main(fast: bool, out: str) -> list[str]:
 
     # 1. The funnel: plain NUTS in (v, x) against NUTS in the flow's base coordinates.
     funnel = Funnel(rb.Real(0.0), rb.Real(jnp.zeros(9)))
-    pre, q = rb.geometry.neutra(funnel, funnel_log_joint, key=jax.random.key(0), steps=steps,
-                                progress_bar=not fast, return_approximation=True)
+    pre, q = rb.geometry.neutra(
+        funnel, funnel_log_joint, key=jax.random.key(0), steps=steps, progress_bar=not fast, return_approximation=True
+    )
     print(f"funnel flow: ELBO {q.elbo:.3f} (log Z = 0), PSIS k-hat {q.khat:.2f}")
     table, posts = rb.geometry.compare(
         {"plain NUTS": (funnel, funnel_log_joint), "NeuTra": (pre, funnel_log_joint)},
-        key=jax.random.key(1), num_warmup=n, num_samples=n, num_chains=chains, return_posteriors=True,
+        key=jax.random.key(1),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=chains,
+        return_posteriors=True,
     )
     text = table.T.to_string() if hasattr(table, "T") else str(table)
     print(text)
-    print("funnel, best min ESS per gradient:", table["ess_per_grad"].idxmax(),
-          f"({table.loc['NeuTra', 'ess_per_grad'] / table.loc['plain NUTS', 'ess_per_grad']:.1f}x)")
+    print(
+        "funnel, best min ESS per gradient:",
+        table["ess_per_grad"].idxmax(),
+        f"({table.loc['NeuTra', 'ess_per_grad'] / table.loc['plain NUTS', 'ess_per_grad']:.1f}x)",
+    )
     d = posts["NeuTra"].draws
     print(f"NeuTra draws: v mean {float(d.v.mean()):.2f} (exact 0), sd {float(d.v.std()):.2f} (exact 3)")
     with open(os.path.join(out, "05_funnel_comparison.txt"), "w") as f:
         f.write(text + "\n")
     for label, slug in (("plain NUTS", "plain"), ("NeuTra", "neutra")):
-        paths.append(rb.geometry.plot_pair(posts[label], ["x[0]", "v"], os.path.join(out, f"05_funnel_{slug}.png"),
-                                           title=f"funnel, {label}"))
-    paths.append(rb.geometry.plot_pair(posts["NeuTra"], ["unconstrained[0]", "unconstrained[1]"],
-                                       os.path.join(out, "05_funnel_base_coordinates.png"), unconstrained=True,
-                                       title="NeuTra: the base coordinates NUTS moves in"))
-    paths.append(rb.geometry.plot_condition_numbers(table, os.path.join(out, "05_funnel_condition_numbers.png"),
-                                                    title="Neal's funnel"))
+        paths.append(
+            rb.geometry.plot_pair(
+                posts[label], ["x[0]", "v"], os.path.join(out, f"05_funnel_{slug}.png"), title=f"funnel, {label}"
+            )
+        )
+    paths.append(
+        rb.geometry.plot_pair(
+            posts["NeuTra"],
+            ["unconstrained[0]", "unconstrained[1]"],
+            os.path.join(out, "05_funnel_base_coordinates.png"),
+            unconstrained=True,
+            title="NeuTra: the base coordinates NUTS moves in",
+        )
+    )
+    paths.append(
+        rb.geometry.plot_condition_numbers(
+            table, os.path.join(out, "05_funnel_condition_numbers.png"), title="Neal's funnel"
+        )
+    )
 
     # 2. The Bayesian neural network, started at a MAP fit.
     x, y = bnn_data()
     bnn = rb.map_estimate(bnn_model(), bnn_log_joint, x, y, jacobian=True, progress_bar=False).model
-    pre_bnn, q_bnn = rb.geometry.neutra(bnn, bnn_log_joint, x, y, key=jax.random.key(2), steps=steps,
-                                        progress_bar=not fast, return_approximation=True)
+    pre_bnn, q_bnn = rb.geometry.neutra(
+        bnn, bnn_log_joint, x, y, key=jax.random.key(2), steps=steps, progress_bar=not fast, return_approximation=True
+    )
     print(f"BNN flow: ELBO {q_bnn.elbo:.2f}, PSIS k-hat {q_bnn.khat:.2f}")
     table_bnn, posts_bnn = rb.geometry.compare(
-        {"plain NUTS": (bnn, bnn_log_joint), "NeuTra": (pre_bnn, bnn_log_joint)}, x, y,
-        key=jax.random.key(3), num_warmup=n, num_samples=n, num_chains=chains, return_posteriors=True,
+        {"plain NUTS": (bnn, bnn_log_joint), "NeuTra": (pre_bnn, bnn_log_joint)},
+        x,
+        y,
+        key=jax.random.key(3),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=chains,
+        return_posteriors=True,
     )
     text = table_bnn.T.to_string() if hasattr(table_bnn, "T") else str(table_bnn)
     print(text)

@@ -264,8 +264,9 @@ class LocScale(Bijector):
         inner = _tree.inner(self, root if contains_refs(self) else None)
         x = inner.unwrap()
         xt = _inverse(x, inner.loc, inner.scale, c)
-        return build(type(self), unconstrained=xt, loc=self.loc, scale=self.scale, centered=_stored(c),
-                     prior=self.prior)
+        return build(
+            type(self), unconstrained=xt, loc=self.loc, scale=self.scale, centered=_stored(c), prior=self.prior
+        )
 
 
 def reparameterize(
