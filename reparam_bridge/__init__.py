@@ -33,8 +33,11 @@ from ._constraint import Clamp, Constraint, NonNegative, apply, contains_constra
 from ._density import log_density, log_prior, partition
 from ._fit import FitResult, fit, map_estimate
 from ._laplace import LaplaceResult, laplace
+from ._multistart import EnsembleResult, fit_ensemble, map_estimate_ensemble
+from ._pathfinder import PathfinderResult, pathfinder
 from ._locscale import LocScale, reparameterize
 from ._sample import Posterior, sample
+from ._warmstart import GoodApproximationWarning
 from ._unwrappable import (
     NonTrainable,
     Parameterize,
@@ -61,7 +64,8 @@ __all__ = [
     "LocScale", "reparameterize",
     # densities, optimisation, sampling
     "partition", "log_prior", "log_density", "fit", "map_estimate", "FitResult", "laplace", "LaplaceResult",
-    "Approximation",
+    "Approximation", "pathfinder", "PathfinderResult",
+    "map_estimate_ensemble", "fit_ensemble", "EnsembleResult", "GoodApproximationWarning",
     "sample", "Posterior",
     # submodules
     "geometry", "numpyro", "blackjax",
