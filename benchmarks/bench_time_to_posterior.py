@@ -41,7 +41,7 @@ from numpyro.infer import MCMC, NUTS
 
 import reparam_bridge as rb
 
-from . import common  # noqa: F401  (silences ArviZ's FutureWarning)
+from . import common  # also silences ArviZ's FutureWarning
 from ._posteriors import CASES, data_and_model
 
 warnings.filterwarnings("ignore")
@@ -80,7 +80,7 @@ def native_model(model, log_joint, data):
     return npmodel
 
 
-def run_bridge(case, seed, approx_kind):
+def run_bridge(case, seed, approx_kind, num_warmup=None):
     model, data = data_and_model(case)
     t0 = time.perf_counter()
     key = jax.random.key(seed)
@@ -88,7 +88,7 @@ def run_bridge(case, seed, approx_kind):
         approx = rb.pathfinder(model, case.log_joint, data, key=key)
     else:
         approx = rb.laplace(model, case.log_joint, data, progress_bar=False, key=key)
-    post = rb.sample(model, case.log_joint, data, key=key, init=approx, num_samples=NUM_SAMPLES,
+    post = rb.sample(model, case.log_joint, data, key=key, init=approx, num_warmup=num_warmup, num_samples=NUM_SAMPLES,
                      num_chains=NUM_CHAINS, progress_bar=False, **case.sample_kwargs)
     idata = post.to_inference_data()
     return time.perf_counter() - t0, idata, {"khat": float(approx.khat)}
@@ -138,22 +138,28 @@ def run_blackjax(case, seed):
     return time.perf_counter() - t0, idata, {}
 
 
-def child(name: str, repeats: int, seed: int, approx_kind: str) -> dict:
+def child(name: str, repeats: int, seed: int, approx_kind: str, warmups=None, sides=None) -> dict:
     case = CASES[name]
     runners = {
         "bridge": lambda s: run_bridge(case, s, approx_kind),
         "native": lambda s: run_native(case, s),
         "blackjax": lambda s: run_blackjax(case, s),
     }
-    order = list(runners)
+    for w in warmups or []:  # the seeded warmup measurement: bridge at other num_warmup
+        runners[f"bridge_w{w}"] = lambda s, w=w: run_bridge(case, s, approx_kind, w)
+    order = [k for k in runners if not sides or k in sides]
     out = {k: [] for k in order}
     with jax.enable_x64(case.x64):
         for r in range(repeats):
-            for k in order[r % 3:] + order[: r % 3]:  # rotate which workflow goes first
+            for k in order[r % len(order):] + order[: r % len(order)]:  # rotate which workflow goes first
+                c0 = time.process_time()
                 secs, idata, extra = runners[k](seed + r)
+                cpu = time.process_time() - c0  # all threads: the work done, robust to other jobs
                 ess, rhat = min_ess_max_rhat(idata)
                 per400 = secs * 400 / ess if rhat <= 1.01 else float("inf")
-                out[k].append({"seconds": secs, "min_ess": ess, "max_rhat": rhat, "per400": per400, **extra})
+                cpu400 = cpu * 400 / ess if rhat <= 1.01 else float("inf")
+                out[k].append({"seconds": secs, "cpu": cpu, "min_ess": ess, "max_rhat": rhat, "per400": per400,
+                               "cpu400": cpu400, **extra})
     return out
 
 
@@ -163,17 +169,20 @@ def main(argv=None):
     p.add_argument("--child", default=None, help=argparse_hidden)
     p.add_argument("--approx", default="laplace", choices=["laplace", "pathfinder"])
     p.add_argument("--out", default=None, help="append JSON lines here")
+    p.add_argument("--warmups", nargs="*", type=int, default=[], help="also run the bridge at these num_warmup")
+    p.add_argument("--sides", nargs="*", default=None, help="only these workflows (bridge, native, blackjax, bridge_wN)")
     a = p.parse_args(argv)
     repeats = a.repeats or 1
     if a.child:
-        print("RESULT " + json.dumps({"posterior": a.child, **child(a.child, repeats, a.seed, a.approx)}), flush=True)
+        print("RESULT " + json.dumps({"posterior": a.child, **child(a.child, repeats, a.seed, a.approx, a.warmups, a.sides)}), flush=True)
         return
     names = [n for n in CASES if not a.only or any(s in n for s in a.only)]
     rows = []
     for name in names:
         cmd = [sys.executable, "-m", "benchmarks.bench_time_to_posterior", "--child", name,
-               "--repeats", str(repeats), "--seed", str(a.seed), "--approx", a.approx]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+               "--repeats", str(repeats), "--seed", str(a.seed), "--approx", a.approx,
+               "--warmups", *map(str, a.warmups)] + (["--sides", *a.sides] if a.sides else [])
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                               env={**os.environ})
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -196,22 +205,36 @@ def _median(xs):
 
 
 def format_row(res: dict) -> str:
+    extra = [k for k in res if k.startswith("bridge_w")]
+    if "native" not in res or "blackjax" not in res or "bridge" not in res:
+        return f"| {res['posterior']} | " + " | ".join(
+            f"{k} {_median([x['per400'] for x in v]):.2f}s/400 ({_median([x['seconds'] for x in v]):.1f}s, "
+            f"ess {_median([x['min_ess'] for x in v]):.0f}, rhat {max(x['max_rhat'] for x in v):.3f})"
+            for k, v in res.items() if k != "posterior") + " |"
     b, n, j = (_median([x["per400"] for x in res[k]]) for k in ("bridge", "native", "blackjax"))
     detail = ", ".join(
         f"{k} {_median([x['seconds'] for x in res[k]]):.1f}s ess {_median([x['min_ess'] for x in res[k]]):.0f} "
         f"rhat {max(x['max_rhat'] for x in res[k]):.3f}" for k in ("bridge", "native", "blackjax")
     )
     khat = _median([x.get("khat", float("nan")) for x in res["bridge"]])
-    return (f"| {res['posterior']} | {b:.2f} | {n:.2f} | {j:.2f} | {b / n:.2f} | {b / j:.2f} | {khat:.2f} | {detail} |")
+    more = "".join(f" {k}: {_median([x['per400'] for x in res[k]]):.2f}" for k in extra)
+    bc, nc, jc = (_median([x["cpu400"] for x in res[k]]) for k in ("bridge", "native", "blackjax"))
+    detail += f"; CPU-s/400 {bc:.2f} / {nc:.2f} / {jc:.2f} (ratios {bc / nc:.2f}, {bc / jc:.2f})"
+    return (f"| {res['posterior']} | {b:.2f} | {n:.2f} | {j:.2f} | {b / n:.2f} | {b / j:.2f} | {khat:.2f} | {detail}{more} |")
 
 
 def summarize(rows):
+    rows = [r for r in rows if all(k in r for k in ("bridge", "native", "blackjax"))]
     if not rows:
         return
     r_n = [_median([x["per400"] for x in r["bridge"]]) / _median([x["per400"] for x in r["native"]]) for r in rows]
     r_j = [_median([x["per400"] for x in r["bridge"]]) / _median([x["per400"] for x in r["blackjax"]]) for r in rows]
-    print(f"median bridge/native {np.median(r_n):.2f} (max {np.max(r_n):.2f}); "
+    c_n = [_median([x["cpu400"] for x in r["bridge"]]) / _median([x["cpu400"] for x in r["native"]]) for r in rows]
+    c_j = [_median([x["cpu400"] for x in r["bridge"]]) / _median([x["cpu400"] for x in r["blackjax"]]) for r in rows]
+    print(f"wall: median bridge/native {np.median(r_n):.2f} (max {np.max(r_n):.2f}); "
           f"median bridge/blackjax {np.median(r_j):.2f} (max {np.max(r_j):.2f}); {len(rows)} posteriors")
+    print(f"CPU:  median bridge/native {np.median(c_n):.2f} (max {np.max(c_n):.2f}); "
+          f"median bridge/blackjax {np.median(c_j):.2f} (max {np.max(c_j):.2f})")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
-from ._density import check_bijective, partition
+from ._density import check_bijective
 from ._laplace import _psislw
 from ._sample import _logdensity_fn, check_model
 from ._util import coordinate_names

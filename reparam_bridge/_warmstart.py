@@ -124,7 +124,7 @@ def seed(
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     dense = bool(kernel_kwargs.get("dense_mass", False))
     if not isinstance(kernel_kwargs.get("dense_mass", False), bool):
-        raise ValueError("rb.sample(init=approx): dense_mass must be True or False (one block over all arrays).")
+        raise TypeError("rb.sample(init=approx): dense_mass must be True or False (one block over all arrays).")
     if "inverse_mass_matrix" not in kernel_kwargs:
         kernel_kwargs["inverse_mass_matrix"] = _inverse_mass_matrix(init, dense, dtype)
     if "step_size" not in kernel_kwargs:
@@ -139,7 +139,7 @@ def approximation_posterior(approx: Approximation, key: PRNGKeyArray, num_sample
     no ``sample_stats``, ``mcmc`` is ``None``)."""
     from ._sample import Posterior
 
-    params, static = partition(approx.mean)
+    static = partition(approx.mean)[1]
     samples = approx._unravel_batched(approx.draws_flat(key, num_samples, num_chains))
     samples = eqx.filter(samples, eqx.is_array)
     return Posterior(approx.mean, static, samples, {})

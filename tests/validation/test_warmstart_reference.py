@@ -12,7 +12,13 @@ import reparam_bridge as rb
 from reparam_bridge._warmstart import SEEDED_NUM_WARMUP
 
 from .posteriordb_models import CASES, load, reference_draws
-from .test_posteriordb import NUM_CHAINS, NUM_SAMPLES, check_divergences, check_draws, needs_data
+from .test_posteriordb import (
+    NUM_CHAINS,
+    NUM_SAMPLES,
+    check_divergences,
+    check_draws,
+    needs_data,
+)
 
 pytestmark = pytest.mark.slow
 
