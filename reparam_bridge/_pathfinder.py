@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
 from ._density import check_bijective
-from ._laplace import _psislw
+from ._arviz import psislw
 from ._sample import _logdensity_fn, check_model
 from ._util import coordinate_names
 
@@ -148,7 +148,7 @@ def pathfinder(
     pool = jnp.where(jnp.asarray(ok)[:, None], pool, flat)  # never read (weight 0), but finite
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns itself when k-hat is large; we report it
-        lw, khat = _psislw(log_ratios)
+        lw, khat = psislw(log_ratios)
     lw = np.where(ok, lw, -np.inf)
     ess = float(1.0 / np.sum(np.exp(2 * lw)))
     good = np.asarray(pool)[ok]

@@ -14,8 +14,8 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _warmstart
-from ._arviz import draws_to_dict, to_inference_data
+from . import _arviz, _warmstart
+from ._arviz import draws_to_dict
 from ._bijector import walk_bijectors
 from ._density import check_bijective, partition
 from ._paths import leaves_with_paths
@@ -151,6 +151,8 @@ def sample(
     init_jitter: float = 0.1,
     thinning: int = 1,
     log_likelihood: Callable[..., Any] | None = None,
+    coords: dict[str, Any] | None = None,
+    dims: dict[str, list[str]] | None = None,
     **kernel_kwargs: Any,
 ) -> "Posterior":
     """Sample the free arrays of ``model`` with NumPyro NUTS (or HMC) in unconstrained space.
@@ -176,6 +178,9 @@ def sample(
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.
+        coords, dims: labels for :meth:`Posterior.to_inference_data`, as in ``az.from_numpyro``:
+            ``coords={"school": names}, dims={"theta": ["school"]}`` (``dims`` keys are variable
+            names: attribute paths, or ``"obs"``/your keys for the log-likelihood).
         **kernel_kwargs: passed to the kernel (``dense_mass``, ``target_accept_prob``,
             ``max_tree_depth``, ...).
 
@@ -239,7 +244,11 @@ def sample(
     if num_chains == 1:
         init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
     mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-    return Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+    post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+    post.coords, post.dims = coords, dims
+    if coords is not None or dims is not None:
+        post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
+    return post
 
 
 def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
@@ -248,11 +257,11 @@ def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
     return _EXTRA_FIELDS if isinstance(mcmc.sampler, HMC) else ()
 
 
-def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
+def _sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[str, np.ndarray]:
     if "num_steps" not in extra:
         return {}
     n_steps = np.asarray(extra["num_steps"])
-    return {
+    out = {
         "diverging": np.asarray(extra["diverging"], dtype=bool),
         "n_steps": n_steps,
         "tree_depth": tree_depth(n_steps),
@@ -261,6 +270,10 @@ def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
         "acceptance_rate": np.asarray(extra["accept_prob"]),
         "step_size": np.asarray(extra["adapt_state.step_size"]),
     }
+    if max_tree_depth is not None:  # NUTS: (warmup, sampling) depths or one for both
+        depth = max_tree_depth[-1] if isinstance(max_tree_depth, tuple) else max_tree_depth
+        out["reached_max_treedepth"] = out["tree_depth"] >= int(depth)
+    return out
 
 
 def _batched_unwrap(static: PyTree, samples: PyTree) -> PyTree:
@@ -299,11 +312,14 @@ class Posterior:
         self._log_likelihood_values = log_likelihood_values
         self._draws = None
         self._last_state = None
+        self.coords: dict | None = None  # az.from_numpyro's coords/dims, used by to_inference_data
+        self.dims: dict | None = None
+        self.inference_library = "numpyro"  # attrs["inference_library"]; rb.blackjax sets "blackjax"
 
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
-        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True))
+        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None))
         post = cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
                    log_likelihood=log_likelihood)
         post._last_state = mcmc.last_state
@@ -339,18 +355,40 @@ class Posterior:
             }
         return self._log_likelihood_values
 
-    def to_inference_data(self):
-        """``arviz.InferenceData`` with ``posterior`` (named by attribute paths),
-        ``sample_stats`` and, when a pointwise ``log_likelihood`` was given, ``log_likelihood``.
+    def to_inference_data(self, *, coords: dict | None = None, dims: dict | None = None):
+        """ArviZ data (``InferenceData`` on ArviZ 0.2x, ``xarray.DataTree`` on 1.x) with the groups
+        ``posterior`` (variables named by attribute paths), ``unconstrained_posterior`` (the
+        sampled free arrays, named by their paths: ``"sigma.unconstrained"``), ``sample_stats``
+        (with ``reached_max_treedepth`` under NUTS) and, when a pointwise ``log_likelihood`` was
+        given, ``log_likelihood``. ``coords``/``dims`` mean what they mean in ``az.from_numpyro``
+        (default: those given to ``rb.sample``); an unconstrained array of the same shape as its
+        value takes the value's dims. The attrs name ``inference_library="numpyro"`` and the versions.
 
         Example:
-            >>> import arviz as az  # doctest: +SKIP
-            >>> az.summary(posterior.to_inference_data())  # doctest: +SKIP
+            >>> import jax, numpyro.distributions as dist
+            >>> import reparam_bridge as rb
+            >>> from reparam_bridge import _arviz
+            >>> model = {"theta": rb.Positive(jax.numpy.ones(2))}
+            >>> post = rb.sample(model, lambda m: dist.Exponential(1.0).log_prob(m["theta"]).sum(),
+            ...                  key=jax.random.key(0), num_warmup=50, num_samples=50, num_chains=1,
+            ...                  progress_bar=False, coords={"arm": ["a", "b"]}, dims={"theta": ["arm"]})
+            >>> idata = post.to_inference_data()
+            >>> _arviz.group(idata, "unconstrained_posterior")["theta.unconstrained"].dims
+            ('chain', 'draw', 'arm')
+            >>> _arviz.attrs(idata)["inference_library"]
+            'numpyro'
         """
-        return to_inference_data(
+        from ._paths import leaves_with_paths
+
+        unconstrained = {p: np.asarray(x) for p, x in leaves_with_paths(partition(self.unconstrained)[0])}
+        return _arviz.to_inference_data(
             draws_to_dict(self.model, self.draws),
             sample_stats=self.sample_stats,
             log_likelihood=self._pointwise_log_likelihood(),
+            unconstrained_posterior=unconstrained,
+            coords=self.coords if coords is None else coords,
+            dims=self.dims if dims is None else dims,
+            inference_library=self.inference_library,
         )
 
     def resume(self, num_samples: int | None = None, *, progress_bar: bool = False) -> "Posterior":
@@ -375,13 +413,14 @@ class Posterior:
         out = Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
                         args=self._args, log_likelihood=self._log_likelihood)
         out._last_state = new._last_state
+        out.coords, out.dims = self.coords, self.dims
         return out
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``posterior.nc`` (ArviZ netCDF) and ``unconstrained.eqx`` (equinox
         serialisation of the sampled free arrays) into ``directory``."""
         os.makedirs(directory, exist_ok=True)
-        self.to_inference_data().to_netcdf(os.path.join(directory, "posterior.nc"))
+        _arviz.to_netcdf(self.to_inference_data(), os.path.join(directory, "posterior.nc"))
         eqx.tree_serialise_leaves(os.path.join(directory, "unconstrained.eqx"), self._samples)
         with open(os.path.join(directory, "meta.json"), "w") as f:
             json.dump({"num_chains": self.num_chains, "num_draws": self.num_draws}, f)
@@ -389,9 +428,6 @@ class Posterior:
     @classmethod
     def load(cls, directory: str | os.PathLike, model: PyTree) -> "Posterior":
         """Read what :meth:`save` wrote; ``model`` gives the structure (any values)."""
-        from ._arviz import import_arviz
-
-        az = import_arviz()
         with open(os.path.join(directory, "meta.json")) as f:
             meta = json.load(f)
         params, static = partition(model)
@@ -399,12 +435,14 @@ class Posterior:
             lambda x: jnp.zeros((meta["num_chains"], meta["num_draws"], *x.shape), x.dtype), params
         )
         samples = eqx.tree_deserialise_leaves(os.path.join(directory, "unconstrained.eqx"), like)
-        idata = az.from_netcdf(os.path.join(directory, "posterior.nc"))
-        stats = {k: np.asarray(v) for k, v in idata.sample_stats.data_vars.items()} if "sample_stats" in idata else {}
-        loglik = (
-            {k: np.asarray(v) for k, v in idata.log_likelihood.data_vars.items()} if "log_likelihood" in idata else None
-        )
-        return cls(model, static, samples, stats, log_likelihood_values=loglik)
+        idata = _arviz.from_netcdf(os.path.join(directory, "posterior.nc"))
+        stats, loglik = (_arviz.group(idata, g) for g in ("sample_stats", "log_likelihood"))
+        stats = {k: np.asarray(v) for k, v in stats.data_vars.items()} if stats is not None else {}
+        loglik = {k: np.asarray(v) for k, v in loglik.data_vars.items()} if loglik is not None else None
+        out = cls(model, static, samples, stats, log_likelihood_values=loglik)
+        coords, dims = _arviz.coords_and_dims(idata)
+        out.coords, out.dims = coords or None, dims or None
+        return out
 
     def __repr__(self) -> str:
         div = int(np.sum(self.sample_stats.get("diverging", 0)))

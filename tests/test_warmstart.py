@@ -83,7 +83,7 @@ def test_num_warmup_overrides_and_diagonal_seed(approx):
 
 
 def test_starts_are_distinct_draws(approx):
-    starts = approx.initial_params(jax.random.key(3), 4)["beta"]
+    starts = approx.initial_params(jax.random.key(3), 4)["beta"].unconstrained
     assert starts.shape == (4, 3)
     assert len({tuple(np.round(np.asarray(s), 6)) for s in starts}) == 4
 
