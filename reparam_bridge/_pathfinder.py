@@ -30,8 +30,8 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
-from ._density import check_bijective
 from ._arviz import psislw
+from ._density import check_bijective
 from ._sample import _logdensity_fn, check_model
 from ._util import coordinate_names
 
