@@ -112,7 +112,7 @@ def seed(
 
     what = type(init).__name__
     _check_structure(params, partition(init.mean)[0], what)
-    if np.isfinite(init.khat) and init.khat < GOOD_KHAT:
+    if init.khat < GOOD_KHAT:  # nan (not computed) compares False; -inf is a perfect fit
         warnings.warn(
             f"rb.sample: the {what} passed as init= is already good (PSIS k-hat {init.khat:.2f} < "
             f"{GOOD_KHAT}): its draws are a usable posterior without MCMC, e.g. "
