@@ -17,7 +17,6 @@ tests/validation/test_warmstart_reference.py), so it is reused rather than rewri
 leaner own implementation is the next step if its compile time matters.
 """
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -165,7 +164,7 @@ def pathfinder(
     names = tuple(coordinate_names(params))
     return PathfinderResult(
         mean=eqx.combine(unravel(mean_flat), static), covariance=cov, names=names,
-        khat=float(khat) if np.isfinite(khat) else math.inf, pool=pool, log_weights=jnp.asarray(lw, flat.dtype),
+        khat=float(khat), pool=pool, log_weights=jnp.asarray(lw, flat.dtype),
         ess=ess, path_modes=modes, path_elbo=elbo,
     )
 
