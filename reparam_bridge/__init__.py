@@ -12,10 +12,10 @@ package is laid out: ``ARCHITECTURE.md``. Example:
 
 from importlib import metadata as _metadata
 
+from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
 from . import blackjax as blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import geometry as geometry  # curvature, parameterisation comparison, plots
 from . import numpyro as numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
-from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
 from ._approx import Approximation as Approximation
 from ._bijectors import Bijector as Bijector
 from ._bijectors import Bounded as Bounded

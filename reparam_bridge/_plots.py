@@ -59,8 +59,15 @@ def trace_figure(draws: Mapping[str, np.ndarray], diverging: np.ndarray | None =
         if diverging is not None and np.any(diverging):
             _, where = np.nonzero(np.asarray(diverging))
             lo = np.nanmin(x)
-            right.plot(where, np.full(where.shape, lo), "|", color="k", markersize=10, alpha=0.7,
-                       label=f"divergent ({where.size})")
+            right.plot(
+                where,
+                np.full(where.shape, lo),
+                "|",
+                color="k",
+                markersize=10,
+                alpha=0.7,
+                label=f"divergent ({where.size})",
+            )
             right.legend(fontsize=7, loc="upper right")
         left.set_title(name, fontsize=10)
         left.set_xlabel(name)

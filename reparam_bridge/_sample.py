@@ -1,7 +1,7 @@
 """NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
 
-import functools
 import copy
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -213,9 +213,9 @@ def sample(
     num_warmup = _warmstart.DEFAULT_NUM_WARMUP if num_warmup is None else num_warmup
     # The same compiled potential checks the starts and serves NumPyro (no extra compile).
     potential_fn = jax.jit(lambda p: -logdensity(p))
-    init_lp = np.array([
-        -float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)
-    ])
+    init_lp = np.array(
+        [-float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)]
+    )
     if not bool(np.all(np.isfinite(init_lp))):
         chain = int(np.argmin(np.isfinite(init_lp)))
         start = eqx.combine(jax.tree_util.tree_map(lambda x: x[chain], init_params), static)
@@ -282,9 +282,7 @@ def _batched_unwrap(static: PyTree, samples: PyTree) -> PyTree:
     chains, draws = leaves[0].shape[:2]
     flat = jax.tree_util.tree_map(lambda x: x.reshape(chains * draws, *x.shape[2:]), samples)
     out = eqx.filter_jit(eqx.filter_vmap(lambda p: unwrap(eqx.combine(p, static))))(flat)
-    return jax.tree_util.tree_map(
-        lambda x: x.reshape(chains, draws, *x.shape[1:]) if eqx.is_array(x) else x, out
-    )
+    return jax.tree_util.tree_map(lambda x: x.reshape(chains, draws, *x.shape[1:]) if eqx.is_array(x) else x, out)
 
 
 class Posterior:
@@ -299,8 +297,19 @@ class Posterior:
         mcmc: the NumPyro ``MCMC`` object (``None`` after :meth:`load`).
     """
 
-    def __init__(self, model, static, samples, sample_stats, *, mcmc=None, log_joint=None,
-                 args=(), log_likelihood=None, log_likelihood_values=None):
+    def __init__(
+        self,
+        model,
+        static,
+        samples,
+        sample_stats,
+        *,
+        mcmc=None,
+        log_joint=None,
+        args=(),
+        log_likelihood=None,
+        log_likelihood_values=None,
+    ):
         self.model = model
         self._static = static
         self._samples = samples
@@ -319,9 +328,12 @@ class Posterior:
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
-        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None))
-        post = cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
-                   log_likelihood=log_likelihood)
+        stats = _sample_stats(
+            mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None)
+        )
+        post = cls(
+            model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args, log_likelihood=log_likelihood
+        )
         post._last_state = mcmc.last_state
         return post
 
@@ -410,8 +422,16 @@ class Posterior:
         cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
         samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, new._samples)
         stats = {k: cat(self.sample_stats[k], new.sample_stats[k]) for k in self.sample_stats}
-        out = Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
-                        args=self._args, log_likelihood=self._log_likelihood)
+        out = Posterior(
+            self.model,
+            self._static,
+            samples,
+            stats,
+            mcmc=mcmc,
+            log_joint=self._log_joint,
+            args=self._args,
+            log_likelihood=self._log_likelihood,
+        )
         out._last_state = new._last_state
         out.coords, out.dims = self.coords, self.dims
         return out

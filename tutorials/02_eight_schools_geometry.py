@@ -47,18 +47,23 @@ class Schools(eqx.Module):
 
 def log_joint(m: Schools, y, sigma):
     # the same for every parameterisation: priors and likelihood over constrained values
-    return (dist.Normal(0.0, 5.0).log_prob(m.mu)
-            + dist.HalfCauchy(5.0).log_prob(m.tau)
-            + dist.Normal(m.mu, m.tau).log_prob(m.theta).sum()
-            + dist.Normal(m.theta, sigma).log_prob(y).sum())
+    return (
+        dist.Normal(0.0, 5.0).log_prob(m.mu)
+        + dist.HalfCauchy(5.0).log_prob(m.tau)
+        + dist.Normal(m.mu, m.tau).log_prob(m.theta).sum()
+        + dist.Normal(m.theta, sigma).log_prob(y).sum()
+    )
 
 
 def eight_schools(centered: float) -> Schools:
     """The model with centredness ``centered``. ``theta`` refers to its siblings by ``rb.Ref``;
     it is built centred (x̃ = x needs no loc/scale values) and converted by
     ``rb.reparameterize``, which keeps every constrained value."""
-    model = Schools(mu=rb.Real(0.0), tau=rb.Positive(2.0),
-                    theta=rb.LocScale(jnp.zeros(8), rb.Ref("mu"), rb.Ref("tau"), centered=1.0))
+    model = Schools(
+        mu=rb.Real(0.0),
+        tau=rb.Positive(2.0),
+        theta=rb.LocScale(jnp.zeros(8), rb.Ref("mu"), rb.Ref("tau"), centered=1.0),
+    )
     return rb.reparameterize(model, lambda m: m.theta, centered=centered)
 
 
@@ -98,8 +103,7 @@ def main(fast: bool, out: str) -> list[str]:
     eps_eval = jax.random.normal(k2, (4000, 10))
     elbos = [elbo_of(c, eps_fit, eps_eval, steps=100 if fast else 1000) for c in grid]
     c_star = grid[int(np.argmax(elbos))]
-    print("ELBO by centredness:", ", ".join(f"c={c:g}: {e:.3f}" for c, e in zip(grid, elbos)),
-          "-> learned c =", c_star)
+    print("ELBO by centredness:", ", ".join(f"c={c:g}: {e:.3f}" for c, e in zip(grid, elbos)), "-> learned c =", c_star)
     paths.append(plot_elbo(grid, elbos, c_star, os.path.join(out, "02_elbo_vs_centredness.png")))
 
     # 3. The comparison table: identical sampler settings for each parameterisation.
@@ -112,31 +116,55 @@ def main(fast: bool, out: str) -> list[str]:
     models = {label: (eight_schools(c), log_joint) for c, label in labels.items()}
     n = 150 if fast else 1000
     table, posteriors = rb.geometry.compare(
-        models, Y, SIGMA, key=jax.random.key(0), num_warmup=n, num_samples=n,
-        num_chains=2 if fast else 4, return_posteriors=True,
+        models,
+        Y,
+        SIGMA,
+        key=jax.random.key(0),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=2 if fast else 4,
+        return_posteriors=True,
     )
     text = table.T.to_string() if hasattr(table, "T") else str(table)
     print(text)
     with open(os.path.join(out, "02_comparison.txt"), "w") as f:
         f.write(text + "\n")
     centred, non_centred = table.loc[labels[1.0]], table.loc[labels[0.0]]
-    print(f"non-centred vs centred: {int(non_centred['divergences'])} vs {int(centred['divergences'])} "
-          f"divergences, {non_centred['ess_per_grad'] / centred['ess_per_grad']:.1f}x the min ESS per "
-          "gradient evaluation")
+    print(
+        f"non-centred vs centred: {int(non_centred['divergences'])} vs {int(centred['divergences'])} "
+        f"divergences, {non_centred['ess_per_grad'] / centred['ess_per_grad']:.1f}x the min ESS per "
+        "gradient evaluation"
+    )
 
     # 4. Figures: the funnel in constrained coordinates (the same posterior for every c: where
     #    do the divergences sit?) and in the coordinates each sampler actually moves in.
     for c, label in labels.items():
         post, slug = posteriors[label], {1.0: "centred", 0.0: "noncentred"}.get(c, "learned")
-        paths.append(rb.geometry.plot_pair(post, ["theta[0]", "log(tau)"],
-                                           os.path.join(out, f"02_funnel_{slug}.png"), title=label))
-        paths.append(rb.geometry.plot_pair(post, ["theta.unconstrained[0]", "tau.unconstrained"],
-                                           os.path.join(out, f"02_sampler_coordinates_{slug}.png"),
-                                           unconstrained=True, title=f"{label}: coordinates NUTS samples"))
-    paths.append(rb.geometry.plot_trace(posteriors[labels[1.0]], os.path.join(out, "02_trace_centred.png"),
-                                        var_names=["mu", "tau", "theta"], title="centred: trace"))
-    paths.append(rb.geometry.plot_condition_numbers(table, os.path.join(out, "02_condition_numbers.png"),
-                                                    title="eight schools"))
+        paths.append(
+            rb.geometry.plot_pair(
+                post, ["theta[0]", "log(tau)"], os.path.join(out, f"02_funnel_{slug}.png"), title=label
+            )
+        )
+        paths.append(
+            rb.geometry.plot_pair(
+                post,
+                ["theta.unconstrained[0]", "tau.unconstrained"],
+                os.path.join(out, f"02_sampler_coordinates_{slug}.png"),
+                unconstrained=True,
+                title=f"{label}: coordinates NUTS samples",
+            )
+        )
+    paths.append(
+        rb.geometry.plot_trace(
+            posteriors[labels[1.0]],
+            os.path.join(out, "02_trace_centred.png"),
+            var_names=["mu", "tau", "theta"],
+            title="centred: trace",
+        )
+    )
+    paths.append(
+        rb.geometry.plot_condition_numbers(table, os.path.join(out, "02_condition_numbers.png"), title="eight schools")
+    )
     for p in paths:
         print("wrote", p)
     return paths

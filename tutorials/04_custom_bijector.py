@@ -92,18 +92,29 @@ def main(fast: bool, out: str) -> list[str]:
     assert err < 1e-4, "the log-Jacobian is wrong"
 
     n = 200 if fast else 2000
-    post = rb.sample(make_model(), log_joint, key=jax.random.key(1), num_warmup=n, num_samples=n,
-                     num_chains=2 if fast else 4, progress_bar=not fast)
+    post = rb.sample(
+        make_model(),
+        log_joint,
+        key=jax.random.key(1),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=2 if fast else 4,
+        progress_bar=not fast,
+    )
     a, b = np.asarray(post.draws["a"]), np.asarray(post.draws["b"])
     ess = {k: float(az.ess(v)) for k, v in {"a": a, "b": b}.items()}
     for name, draws, exact in (("a", a, 3.0), ("b", b, 1.5)):
         mcse = draws.std() / np.sqrt(ess[name])
-        print(f"E[{name}] = {draws.mean():.3f} ± {mcse:.3f} (MCSE), exact {exact}; "
-              f"{abs(draws.mean() - exact) / mcse:.1f} MCSE away")
+        print(
+            f"E[{name}] = {draws.mean():.3f} ± {mcse:.3f} (MCSE), exact {exact}; "
+            f"{abs(draws.mean() - exact) / mcse:.1f} MCSE away"
+        )
     print(f"divergences: {int(post.sample_stats['diverging'].sum())}")
 
-    paths = [plot_draws(a, b, os.path.join(out, "04_b_below_a.png")),
-             rb.geometry.plot_trace(post, os.path.join(out, "04_trace.png"), title="custom bijector: 0 < b < a")]
+    paths = [
+        plot_draws(a, b, os.path.join(out, "04_b_below_a.png")),
+        rb.geometry.plot_trace(post, os.path.join(out, "04_trace.png"), title="custom bijector: 0 < b < a"),
+    ]
     for p in paths:
         print("wrote", p)
     return paths

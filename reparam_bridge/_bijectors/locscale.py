@@ -71,7 +71,9 @@ def _check_values(x: Array, loc: Array, scale: Array, where: str) -> Array:
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{where}: value must be finite, got {np.asarray(x)}.")
     if not (bool(jnp.all(jnp.isfinite(loc))) and bool(jnp.all(jnp.isfinite(scale)))):
-        raise ValueError(f"{where}: loc and scale must be finite, got loc={np.asarray(loc)}, scale={np.asarray(scale)}.")
+        raise ValueError(
+            f"{where}: loc and scale must be finite, got loc={np.asarray(loc)}, scale={np.asarray(scale)}."
+        )
     if not bool(jnp.all(scale > 0)):
         raise ValueError(f"{where}: scale must be positive, got {np.asarray(scale)}.")
     try:
