@@ -59,10 +59,19 @@ def _regression(design, y_key, prior_beta=None, prior_sigma=None, half_cauchy=No
 
 
 def _mesquite(raw):
-    g = {k: np.log(np.asarray(raw[k], dtype=np.float64)) for k in
-         ("diam1", "diam2", "canopy_height", "total_height", "density")}
-    return [np.ones_like(g["diam1"]), g["diam1"], g["diam2"], g["canopy_height"], g["total_height"], g["density"],
-            np.asarray(raw["group"], dtype=np.float64)]
+    g = {
+        k: np.log(np.asarray(raw[k], dtype=np.float64))
+        for k in ("diam1", "diam2", "canopy_height", "total_height", "density")
+    }
+    return [
+        np.ones_like(g["diam1"]),
+        g["diam1"],
+        g["diam2"],
+        g["canopy_height"],
+        g["total_height"],
+        g["density"],
+        np.asarray(raw["group"], dtype=np.float64),
+    ]
 
 
 def _kidscore(raw):
@@ -85,9 +94,11 @@ def _kilpis_init(data):
 
 
 def _kilpis_log_joint(m, d):
-    return (dist.Normal(d["pmualpha"], d["psalpha"]).log_prob(m.alpha)
-            + dist.Normal(d["pmubeta"], d["psbeta"]).log_prob(m.beta)
-            + dist.Normal(m.alpha + m.beta * d["x"], m.sigma).log_prob(d["y"]).sum())
+    return (
+        dist.Normal(d["pmualpha"], d["psalpha"]).log_prob(m.alpha)
+        + dist.Normal(d["pmubeta"], d["psbeta"]).log_prob(m.beta)
+        + dist.Normal(m.alpha + m.beta * d["x"], m.sigma).log_prob(d["y"]).sum()
+    )
 
 
 def _case(name, parts, **kw):
@@ -96,7 +107,8 @@ def _case(name, parts, **kw):
 
 
 EXTRA = {
-    c.posterior: c for c in [
+    c.posterior: c
+    for c in [
         _case("earnings-earn_height", _regression(lambda r: [np.ones(len(r["height"])), r["height"]], "earn")),
         _case("kidiq-kidscore_interaction", _regression(_kidscore, "kid_score", half_cauchy=2.5)),
         _case("sblrc-blr", _regression(lambda r: [np.asarray(r["X"], float)], "y", prior_beta=10.0, prior_sigma=10.0)),

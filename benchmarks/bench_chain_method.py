@@ -32,8 +32,18 @@ def child(name: str, method: str, seed: int) -> dict:
         model, data = data_and_model(case)
         for label in ("first", "again"):
             t0 = time.perf_counter()
-            post = rb.sample(model, case.log_joint, data, key=jax.random.key(seed), num_warmup=500, num_samples=500,
-                             num_chains=4, chain_method=method, progress_bar=False, **case.sample_kwargs)
+            post = rb.sample(
+                model,
+                case.log_joint,
+                data,
+                key=jax.random.key(seed),
+                num_warmup=500,
+                num_samples=500,
+                num_chains=4,
+                chain_method=method,
+                progress_bar=False,
+                **case.sample_kwargs,
+            )
             jax.block_until_ready(post.draws)
             out[label] = time.perf_counter() - t0
     out["devices"] = jax.local_device_count()
@@ -56,12 +66,18 @@ def main(argv=None):
     for name in names:
         res = {m: [] for m in METHODS}
         for r in range(a.repeats or 1):
-            for m in METHODS[r % 3:] + METHODS[: r % 3]:
+            for m in METHODS[r % 3 :] + METHODS[: r % 3]:
                 env = dict(os.environ)
                 if m == "parallel":
                     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_chain_method", "--child", name, m], check=False,
-                                      capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+                proc = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.bench_chain_method", "--child", name, m],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=Path(__file__).resolve().parents[1],
+                )
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
                     print(name, m, "failed", proc.stderr[-1500:])

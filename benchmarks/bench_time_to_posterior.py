@@ -88,8 +88,18 @@ def run_bridge(case, seed, approx_kind, num_warmup=None):
         approx = rb.pathfinder(model, case.log_joint, data, key=key)
     else:
         approx = rb.laplace(model, case.log_joint, data, progress_bar=False, key=key)
-    post = rb.sample(model, case.log_joint, data, key=key, init=approx, num_warmup=num_warmup, num_samples=NUM_SAMPLES,
-                     num_chains=NUM_CHAINS, progress_bar=False, **case.sample_kwargs)
+    post = rb.sample(
+        model,
+        case.log_joint,
+        data,
+        key=key,
+        init=approx,
+        num_warmup=num_warmup,
+        num_samples=NUM_SAMPLES,
+        num_chains=NUM_CHAINS,
+        progress_bar=False,
+        **case.sample_kwargs,
+    )
     idata = post.to_inference_data()
     return time.perf_counter() - t0, idata, {"khat": float(approx.khat)}
 
@@ -97,8 +107,14 @@ def run_bridge(case, seed, approx_kind, num_warmup=None):
 def run_native(case, seed):
     model, data = data_and_model(case)
     t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(native_model(model, case.log_joint, data)), num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
-                num_chains=NUM_CHAINS, chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(native_model(model, case.log_joint, data)),
+        num_warmup=NUM_WARMUP,
+        num_samples=NUM_SAMPLES,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.key(seed))
     idata = _az().from_numpyro(mcmc)
     idata.posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars if v == "log_joint"])
@@ -130,9 +146,13 @@ def run_blackjax(case, seed):
     leaves, treedef = jax.tree_util.tree_flatten(position)
     keys = jax.random.split(init_key, len(leaves))
     # the same start as rb.sample's default: the model's values plus uniform jitter of 0.1
-    starts = jax.tree_util.tree_unflatten(treedef, [
-        x[None] + 0.1 * jax.random.uniform(k, (NUM_CHAINS, *x.shape), x.dtype, -1.0, 1.0) for x, k in zip(leaves, keys)
-    ])
+    starts = jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            x[None] + 0.1 * jax.random.uniform(k, (NUM_CHAINS, *x.shape), x.dtype, -1.0, 1.0)
+            for x, k in zip(leaves, keys)
+        ],
+    )
     positions, info = jax.jit(jax.vmap(one_chain))(jax.random.split(run_key, NUM_CHAINS), starts)
     idata = rb.blackjax.posterior(model, positions, info).to_inference_data()
     return time.perf_counter() - t0, idata, {}
@@ -151,15 +171,24 @@ def child(name: str, repeats: int, seed: int, approx_kind: str, warmups=None, si
     out = {k: [] for k in order}
     with jax.enable_x64(case.x64):
         for r in range(repeats):
-            for k in order[r % len(order):] + order[: r % len(order)]:  # rotate which workflow goes first
+            for k in order[r % len(order) :] + order[: r % len(order)]:  # rotate which workflow goes first
                 c0 = time.process_time()
                 secs, idata, extra = runners[k](seed + r)
                 cpu = time.process_time() - c0  # all threads: the work done, robust to other jobs
                 ess, rhat = min_ess_max_rhat(idata)
                 per400 = secs * 400 / ess if rhat <= 1.01 else float("inf")
                 cpu400 = cpu * 400 / ess if rhat <= 1.01 else float("inf")
-                out[k].append({"seconds": secs, "cpu": cpu, "min_ess": ess, "max_rhat": rhat, "per400": per400,
-                               "cpu400": cpu400, **extra})
+                out[k].append(
+                    {
+                        "seconds": secs,
+                        "cpu": cpu,
+                        "min_ess": ess,
+                        "max_rhat": rhat,
+                        "per400": per400,
+                        "cpu400": cpu400,
+                        **extra,
+                    }
+                )
     return out
 
 
@@ -170,20 +199,44 @@ def main(argv=None):
     p.add_argument("--approx", default="laplace", choices=["laplace", "pathfinder"])
     p.add_argument("--out", default=None, help="append JSON lines here")
     p.add_argument("--warmups", nargs="*", type=int, default=[], help="also run the bridge at these num_warmup")
-    p.add_argument("--sides", nargs="*", default=None, help="only these workflows (bridge, native, blackjax, bridge_wN)")
+    p.add_argument(
+        "--sides", nargs="*", default=None, help="only these workflows (bridge, native, blackjax, bridge_wN)"
+    )
     a = p.parse_args(argv)
     repeats = a.repeats or 1
     if a.child:
-        print("RESULT " + json.dumps({"posterior": a.child, **child(a.child, repeats, a.seed, a.approx, a.warmups, a.sides)}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps({"posterior": a.child, **child(a.child, repeats, a.seed, a.approx, a.warmups, a.sides)}),
+            flush=True,
+        )
         return
     names = [n for n in CASES if not a.only or any(s in n for s in a.only)]
     rows = []
     for name in names:
-        cmd = [sys.executable, "-m", "benchmarks.bench_time_to_posterior", "--child", name,
-               "--repeats", str(repeats), "--seed", str(a.seed), "--approx", a.approx,
-               "--warmups", *map(str, a.warmups)] + (["--sides", *a.sides] if a.sides else [])
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                              env={**os.environ})
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_time_to_posterior",
+            "--child",
+            name,
+            "--repeats",
+            str(repeats),
+            "--seed",
+            str(a.seed),
+            "--approx",
+            a.approx,
+            "--warmups",
+            *map(str, a.warmups),
+        ] + (["--sides", *a.sides] if a.sides else [])
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ},
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(f"{name}: failed\n{proc.stderr[-2000:]}", flush=True)
@@ -207,20 +260,27 @@ def _median(xs):
 def format_row(res: dict) -> str:
     extra = [k for k in res if k.startswith("bridge_w")]
     if "native" not in res or "blackjax" not in res or "bridge" not in res:
-        return f"| {res['posterior']} | " + " | ".join(
-            f"{k} {_median([x['per400'] for x in v]):.2f}s/400 ({_median([x['seconds'] for x in v]):.1f}s, "
-            f"ess {_median([x['min_ess'] for x in v]):.0f}, rhat {max(x['max_rhat'] for x in v):.3f})"
-            for k, v in res.items() if k != "posterior") + " |"
+        return (
+            f"| {res['posterior']} | "
+            + " | ".join(
+                f"{k} {_median([x['per400'] for x in v]):.2f}s/400 ({_median([x['seconds'] for x in v]):.1f}s, "
+                f"ess {_median([x['min_ess'] for x in v]):.0f}, rhat {max(x['max_rhat'] for x in v):.3f})"
+                for k, v in res.items()
+                if k != "posterior"
+            )
+            + " |"
+        )
     b, n, j = (_median([x["per400"] for x in res[k]]) for k in ("bridge", "native", "blackjax"))
     detail = ", ".join(
         f"{k} {_median([x['seconds'] for x in res[k]]):.1f}s ess {_median([x['min_ess'] for x in res[k]]):.0f} "
-        f"rhat {max(x['max_rhat'] for x in res[k]):.3f}" for k in ("bridge", "native", "blackjax")
+        f"rhat {max(x['max_rhat'] for x in res[k]):.3f}"
+        for k in ("bridge", "native", "blackjax")
     )
     khat = _median([x.get("khat", float("nan")) for x in res["bridge"]])
     more = "".join(f" {k}: {_median([x['per400'] for x in res[k]]):.2f}" for k in extra)
     bc, nc, jc = (_median([x["cpu400"] for x in res[k]]) for k in ("bridge", "native", "blackjax"))
     detail += f"; CPU-s/400 {bc:.2f} / {nc:.2f} / {jc:.2f} (ratios {bc / nc:.2f}, {bc / jc:.2f})"
-    return (f"| {res['posterior']} | {b:.2f} | {n:.2f} | {j:.2f} | {b / n:.2f} | {b / j:.2f} | {khat:.2f} | {detail}{more} |")
+    return f"| {res['posterior']} | {b:.2f} | {n:.2f} | {j:.2f} | {b / n:.2f} | {b / j:.2f} | {khat:.2f} | {detail}{more} |"
 
 
 def summarize(rows):
@@ -231,10 +291,14 @@ def summarize(rows):
     r_j = [_median([x["per400"] for x in r["bridge"]]) / _median([x["per400"] for x in r["blackjax"]]) for r in rows]
     c_n = [_median([x["cpu400"] for x in r["bridge"]]) / _median([x["cpu400"] for x in r["native"]]) for r in rows]
     c_j = [_median([x["cpu400"] for x in r["bridge"]]) / _median([x["cpu400"] for x in r["blackjax"]]) for r in rows]
-    print(f"wall: median bridge/native {np.median(r_n):.2f} (max {np.max(r_n):.2f}); "
-          f"median bridge/blackjax {np.median(r_j):.2f} (max {np.max(r_j):.2f}); {len(rows)} posteriors")
-    print(f"CPU:  median bridge/native {np.median(c_n):.2f} (max {np.max(c_n):.2f}); "
-          f"median bridge/blackjax {np.median(c_j):.2f} (max {np.max(c_j):.2f})")
+    print(
+        f"wall: median bridge/native {np.median(r_n):.2f} (max {np.max(r_n):.2f}); "
+        f"median bridge/blackjax {np.median(r_j):.2f} (max {np.max(r_j):.2f}); {len(rows)} posteriors"
+    )
+    print(
+        f"CPU:  median bridge/native {np.median(c_n):.2f} (max {np.max(c_n):.2f}); "
+        f"median bridge/blackjax {np.median(c_j):.2f} (max {np.max(c_j):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -119,7 +119,9 @@ def _perturbed_ensemble(model: PyTree, key: PRNGKeyArray, num_starts: int, init_
     def make(k, scale):
         leaves, treedef = jax.tree_util.tree_flatten(params)
         ks = jax.random.split(k, len(leaves))
-        moved = [x + scale * init_radius * jax.random.uniform(kk, x.shape, x.dtype, -1.0, 1.0) for x, kk in zip(leaves, ks)]
+        moved = [
+            x + scale * init_radius * jax.random.uniform(kk, x.shape, x.dtype, -1.0, 1.0) for x, kk in zip(leaves, ks)
+        ]
         return eqx.combine(jax.tree_util.tree_unflatten(treedef, moved), static)
 
     scale = jnp.ones(num_starts).at[0].set(0.0)
@@ -168,7 +170,9 @@ def _ensemble(objective, model, args, key, num_starts, init_radius, optimizer, s
     flat = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(partition(models)[0]))
     final_np = np.asarray(final, dtype=np.float64)
     if not np.isfinite(final_np).any():
-        raise ValueError(f"{what}: every start ended at a non-finite loss; start from valid values or lower init_radius.")
+        raise ValueError(
+            f"{what}: every start ended at a non-finite loss; start from valid values or lower init_radius."
+        )
     labels, num_modes = _cluster(flat, final_np, rtol, loss_tol)
     return EnsembleResult(models=models, losses=losses, final_loss=final, mode_labels=labels, num_modes=num_modes)
 
@@ -212,8 +216,19 @@ def map_estimate_ensemble(
         optimizer, steps = optax.lbfgs(), 100 if steps is None else steps
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     steps = 1000 if steps is None else steps
-    return _ensemble(NegLogDensity(log_joint, jacobian), model, args, key, num_starts, init_radius, optimizer,
-                     steps, rtol, loss_tol, "map_estimate_ensemble")
+    return _ensemble(
+        NegLogDensity(log_joint, jacobian),
+        model,
+        args,
+        key,
+        num_starts,
+        init_radius,
+        optimizer,
+        steps,
+        rtol,
+        loss_tol,
+        "map_estimate_ensemble",
+    )
 
 
 def fit_ensemble(
@@ -241,5 +256,6 @@ def fit_ensemble(
     """
     objective = lambda m, *a: loss_fn(unwrap(m), *a)  # noqa: E731
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
-    return _ensemble(objective, model, args, key, num_starts, init_radius, optimizer, steps, rtol, loss_tol,
-                     "fit_ensemble")
+    return _ensemble(
+        objective, model, args, key, num_starts, init_radius, optimizer, steps, rtol, loss_tol, "fit_ensemble"
+    )

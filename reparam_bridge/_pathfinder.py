@@ -128,8 +128,13 @@ def pathfinder(
         (2, 100)
     """
     check_bijective(model, "pathfinder")
-    for name, value in (("num_paths", num_paths), ("num_draws_per_path", num_draws_per_path),
-                        ("num_elbo_draws", num_elbo_draws), ("maxiter", maxiter), ("maxcor", maxcor)):
+    for name, value in (
+        ("num_paths", num_paths),
+        ("num_draws_per_path", num_draws_per_path),
+        ("num_elbo_draws", num_elbo_draws),
+        ("maxiter", maxiter),
+        ("maxcor", maxcor),
+    ):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"pathfinder: {name} must be a positive integer, got {value!r}.")
     params, static = check_model(model, log_joint, args, "pathfinder")
@@ -140,8 +145,15 @@ def pathfinder(
     start_key, path_key, draw_key = jax.random.split(key, 3)
     starts = flat + init_radius * jax.random.uniform(start_key, (num_paths, flat.shape[0]), flat.dtype, -1.0, 1.0)
     pool, log_p, log_q, modes, elbo = _run_paths(
-        flat_logdensity, starts, jax.random.split(path_key, num_paths), jax.random.split(draw_key, num_paths),
-        bjp, num_draws_per_path, num_elbo_draws, maxiter, maxcor,
+        flat_logdensity,
+        starts,
+        jax.random.split(path_key, num_paths),
+        jax.random.split(draw_key, num_paths),
+        bjp,
+        num_draws_per_path,
+        num_elbo_draws,
+        maxiter,
+        maxcor,
     )
     pool = pool.reshape(-1, flat.shape[0])
     log_ratios = np.asarray(log_p - log_q, dtype=np.float64).ravel()
@@ -163,18 +175,22 @@ def pathfinder(
     cov = jnp.asarray(np.atleast_2d(np.cov(good, rowvar=False)), flat.dtype)
     names = tuple(coordinate_names(params))
     return PathfinderResult(
-        mean=eqx.combine(unravel(mean_flat), static), covariance=cov, names=names,
-        khat=float(khat), pool=pool, log_weights=jnp.asarray(lw, flat.dtype),
-        ess=ess, path_modes=modes, path_elbo=elbo,
+        mean=eqx.combine(unravel(mean_flat), static),
+        covariance=cov,
+        names=names,
+        khat=float(khat),
+        pool=pool,
+        log_weights=jnp.asarray(lw, flat.dtype),
+        ess=ess,
+        path_modes=modes,
+        path_elbo=elbo,
     )
 
 
 @eqx.filter_jit
 def _run_paths(logdensity, starts, path_keys, draw_keys, bjp, num_draws, num_elbo, maxiter, maxcor):
     def one(start, path_key, draw_key):
-        state, info = bjp.approximate(
-            path_key, logdensity, start, num_elbo, maxiter=maxiter, maxcor=maxcor
-        )
+        state, info = bjp.approximate(path_key, logdensity, start, num_elbo, maxiter=maxiter, maxcor=maxcor)
         phi, log_q = bjp.sample(draw_key, state, num_draws)
         log_p = jax.vmap(logdensity)(phi)
         # the last finite point of the path is where L-BFGS stopped: the optimum it found

@@ -53,8 +53,10 @@ def is_seed(init: Any) -> bool:
 
 def _check_structure(params: PyTree, seed_params: PyTree, what: str, batched: bool = False) -> None:
     left, right = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(seed_params)
-    shapes = [(a.shape, b.shape[1:] if batched else b.shape)
-              for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(seed_params))]
+    shapes = [
+        (a.shape, b.shape[1:] if batched else b.shape)
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(seed_params))
+    ]
     if left != right or any(a != b for a, b in shapes):
         raise ValueError(
             f"rb.sample: init={what} was built for a model with other free arrays than the model "
@@ -75,7 +77,7 @@ def seeded_step_size(covariance: np.ndarray, dense: bool) -> float:
     """
     covariance = np.atleast_2d(np.asarray(covariance, dtype=np.float64))
     d = covariance.shape[0]
-    step = d ** -0.25
+    step = d**-0.25
     if not dense:
         sd = np.sqrt(np.clip(np.diag(covariance), 1e-300, None))
         corr = covariance / np.outer(sd, sd)

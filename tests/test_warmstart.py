@@ -55,8 +55,19 @@ def test_seeded_sample_matches_exact_posterior(approx):
     X, y = _data()
     mean, cov = _exact(X, y)
     with pytest.warns(GoodApproximationWarning, match=r"k-hat (-?\d+\.\d\d|-inf) < 0\.5.*to_posterior"):
-        post = rb.sample(MODEL, _log_joint, X, y, key=jax.random.key(1), init=approx, num_samples=500,
-                         num_chains=4, chain_method="vectorized", progress_bar=False, dense_mass=True)
+        post = rb.sample(
+            MODEL,
+            _log_joint,
+            X,
+            y,
+            key=jax.random.key(1),
+            init=approx,
+            num_samples=500,
+            num_chains=4,
+            chain_method="vectorized",
+            progress_bar=False,
+            dense_mass=True,
+        )
     assert post.mcmc.num_warmup == SEEDED_NUM_WARMUP
     beta = np.asarray(post.draws["beta"])
     for i in range(3):
@@ -74,12 +85,25 @@ def test_num_warmup_overrides_and_diagonal_seed(approx):
     X, y = _data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GoodApproximationWarning)
-        post = rb.sample(MODEL, _log_joint, X, y, key=jax.random.key(2), init=approx, num_warmup=50,
-                         num_samples=20, num_chains=2, chain_method="vectorized", progress_bar=False)
+        post = rb.sample(
+            MODEL,
+            _log_joint,
+            X,
+            y,
+            key=jax.random.key(2),
+            init=approx,
+            num_warmup=50,
+            num_samples=20,
+            num_chains=2,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
     assert post.mcmc.num_warmup == 50
     np.testing.assert_allclose(post.mcmc.sampler._inverse_mass_matrix, jnp.diag(approx.covariance), rtol=1e-4)
     # with the diagonal, the correlation left over shrinks the seeded step size
-    assert seeded_step_size(np.asarray(approx.covariance), False) < seeded_step_size(np.asarray(approx.covariance), True)
+    assert seeded_step_size(np.asarray(approx.covariance), False) < seeded_step_size(
+        np.asarray(approx.covariance), True
+    )
 
 
 def test_starts_are_distinct_draws(approx):
@@ -127,16 +151,26 @@ def test_ensemble_reports_modes_and_starts_chains_in_each():
     assert res.multimodal and res.num_modes == 2
     optima = np.asarray(rb.unwrap(res.models)["x"])
     np.testing.assert_allclose(np.sort(np.abs(optima)), 3.0, atol=1e-3)
-    post = rb.sample(model, _bimodal, key=jax.random.key(1), init=res, num_warmup=100, num_samples=100,
-                     num_chains=4, chain_method="vectorized", progress_bar=False)
+    post = rb.sample(
+        model,
+        _bimodal,
+        key=jax.random.key(1),
+        init=res,
+        num_warmup=100,
+        num_samples=100,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     chain_means = np.asarray(post.draws["x"]).mean(axis=1)
     assert (chain_means > 2).any() and (chain_means < -2).any()  # every mode got a chain
     assert float(az.rhat(np.asarray(post.draws["x"]))) > 1.1  # and r-hat says they disagree
 
 
 def test_ensemble_unimodal_fit():
-    res = rb.fit_ensemble({"s": rb.Positive(1.0)}, lambda m: (m["s"] - 3.0) ** 2, key=jax.random.key(0),
-                          num_starts=4, steps=2000)
+    res = rb.fit_ensemble(
+        {"s": rb.Positive(1.0)}, lambda m: (m["s"] - 3.0) ** 2, key=jax.random.key(0), num_starts=4, steps=2000
+    )
     assert not res.multimodal
     assert res.losses.shape == (4, 2000)
     np.testing.assert_allclose(rb.unwrap(res.models)["s"], 3.0, atol=1e-3)
@@ -156,7 +190,8 @@ class _Pair(eqx.Module):
 
 def test_ensemble_models_are_built_under_filter_vmap():
     model = _Pair(rb.Real(jnp.zeros(2)), rb.Positive(1.0))
-    res = rb.map_estimate_ensemble(model, lambda m: -jnp.sum(m.a**2) - (m.b - 2.0) ** 2,
-                                   key=jax.random.key(0), num_starts=3, jacobian=False)
+    res = rb.map_estimate_ensemble(
+        model, lambda m: -jnp.sum(m.a**2) - (m.b - 2.0) ** 2, key=jax.random.key(0), num_starts=3, jacobian=False
+    )
     assert type(res.models) is _Pair and res.models.a.unconstrained.shape == (3, 2)
     assert type(res.model()) is _Pair and res.model().a.unconstrained.shape == (2,)

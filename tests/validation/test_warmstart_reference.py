@@ -40,9 +40,18 @@ def test_seeded_path_reproduces_reference(name, approx):
             q = rb.laplace(model, case.log_joint, data, key=key, progress_bar=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rb.GoodApproximationWarning)
-            post = rb.sample(model, case.log_joint, data, key=key, init=q, num_samples=NUM_SAMPLES,
-                             num_chains=NUM_CHAINS, chain_method="vectorized", progress_bar=False,
-                             **case.sample_kwargs)
+            post = rb.sample(
+                model,
+                case.log_joint,
+                data,
+                key=key,
+                init=q,
+                num_samples=NUM_SAMPLES,
+                num_chains=NUM_CHAINS,
+                chain_method="vectorized",
+                progress_bar=False,
+                **case.sample_kwargs,
+            )
         assert post.mcmc.num_warmup == SEEDED_NUM_WARMUP
         values = reference_draws(case, post.draws, data, list(posterior["reference"]))
     failures = check_draws(values, posterior["reference"]) + check_divergences(post)
