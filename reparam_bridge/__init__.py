@@ -16,6 +16,7 @@ from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
 from . import blackjax as blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import geometry as geometry  # curvature, parameterisation comparison, plots
 from . import numpyro as numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
+from . import testing as testing  # rb.testing.check_bijector (uses rb.* only at call time, so import order is free)
 from ._approx import Approximation as Approximation
 from ._bijectors import Bijector as Bijector
 from ._bijectors import Bounded as Bounded
@@ -131,4 +132,5 @@ __all__ = [
     "geometry",
     "numpyro",
     "blackjax",
+    "testing",
 ]

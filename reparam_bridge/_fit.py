@@ -144,7 +144,8 @@ def _chunk(loop: _Loop, static, params, opt_state, losses, start, stop, key, arg
     def body(i, carry):
         params, opt_state, losses = carry
         params, opt_state, value = loop.step(params, opt_state, static, args, key, i)
-        return params, opt_state, losses.at[i].set(value)
+        # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
+        return params, opt_state, jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
 
     params, opt_state, losses = jax.lax.fori_loop(start, stop, body, (params, opt_state, losses))
     steps = jnp.arange(losses.shape[0], dtype=start.dtype)
