@@ -48,6 +48,11 @@ from ._fit import fit as fit
 from ._fit import map_estimate as map_estimate
 from ._laplace import LaplaceResult as LaplaceResult
 from ._laplace import laplace as laplace
+from ._multistart import EnsembleResult as EnsembleResult
+from ._multistart import fit_ensemble as fit_ensemble
+from ._multistart import map_estimate_ensemble as map_estimate_ensemble
+from ._pathfinder import PathfinderResult as PathfinderResult
+from ._pathfinder import pathfinder as pathfinder
 from ._sample import Posterior as Posterior
 from ._sample import sample as sample
 from ._tree import NonTrainable as NonTrainable
@@ -62,6 +67,7 @@ from ._unwrappable import WeightNormalization as WeightNormalization
 from ._unwrappable import non_trainable as non_trainable
 from ._variational import VariationalResult as VariationalResult
 from ._variational import variational as variational
+from ._warmstart import GoodApproximationWarning as GoodApproximationWarning
 
 try:
     __version__ = _metadata.version("reparam_bridge")
@@ -117,6 +123,13 @@ __all__ = [
     "variational",
     "VariationalResult",
     "Approximation",
+    # warm starts: approximations and multi-start fits that seed rb.sample(init=...)
+    "pathfinder",
+    "PathfinderResult",
+    "map_estimate_ensemble",
+    "fit_ensemble",
+    "EnsembleResult",
+    "GoodApproximationWarning",
     # the ArviZ 0.2x/1.x adapter (summary, ess, rhat, loo, netCDF, ... with the same numbers on both)
     "arviz",
     # submodules

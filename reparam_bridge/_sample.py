@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _arviz
+from . import _arviz, _warmstart
 from ._density import check_bijective, gather, partition
 from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
@@ -141,7 +141,7 @@ def sample(
     log_joint: Callable[..., Any],
     *args: Any,
     key: PRNGKeyArray,
-    num_warmup: int = 1000,
+    num_warmup: int | None = None,
     num_samples: int = 1000,
     num_chains: int = 4,
     chain_method: str | None = None,
@@ -162,7 +162,16 @@ def sample(
     ``init_jitter`` in unconstrained space, or at ``init`` (a list of ``num_chains`` wrapped
     models, or one whose free arrays have a leading chain axis).
 
+    ``init`` may also be an approximation (``rb.laplace``, ``rb.pathfinder``) or an
+    ``rb.map_estimate_ensemble`` result: a warm start. Chains then start at independent draws
+    of the approximation (or at the ensemble's optima), and the initial inverse mass matrix
+    (diagonal or dense per ``dense_mass``) and step size come from its covariance, with
+    ``num_warmup`` defaulting to ``SEEDED_NUM_WARMUP`` (300) instead of 1,000 (measured in
+    ``benchmarks/bench_time_to_posterior.py``). A warning says when the approximation is
+    already good (k-hat < 0.5) and its draws would do (``approx.to_posterior(key)``).
+
     Args:
+        num_warmup: warmup steps (default 1,000; 300 for a seeded ``init``).
         chain_method: NumPyro's ``"parallel"`` (one chain per JAX device), ``"vectorized"`` or
             ``"sequential"``. Default: ``"parallel"`` when there are enough devices, else
             ``"vectorized"``.
@@ -193,10 +202,15 @@ def sample(
     logdensity = _logdensity_fn(log_joint, static, args)
 
     init_key, run_key = jax.random.split(key)
-    if init is None:
+    if _warmstart.is_seed(init):  # an rb.laplace/rb.pathfinder/ensemble result: starts, metric, warmup
+        init_params, num_warmup, kernel_kwargs = _warmstart.seed(
+            init, params, init_key, num_chains, num_warmup, kernel_kwargs, init_jitter
+        )
+    elif init is None:
         init_params = _initial_params(params, init_key, num_chains, init_jitter)
     else:
         init_params = _stack_inits(init, static, num_chains)
+    num_warmup = _warmstart.DEFAULT_NUM_WARMUP if num_warmup is None else num_warmup
     # The same compiled potential checks the starts and serves NumPyro (no extra compile).
     potential_fn = jax.jit(lambda p: -logdensity(p))
     init_lp = np.array(
