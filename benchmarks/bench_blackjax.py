@@ -38,26 +38,41 @@ except ImportError:  # pragma: no cover
 
 def eight_schools_ld(p, y, sigma):
     tau = jnp.exp(p["tau"])
-    return (dist.Normal(0.0, 5.0).log_prob(p["mu"]) + dist.HalfCauchy(5.0).log_prob(tau) + p["tau"]
-            + dist.Normal(0.0, 1.0).log_prob(p["theta_tilde"]).sum()
-            + dist.Normal(p["mu"] + tau * p["theta_tilde"], sigma).log_prob(y).sum())
+    return (
+        dist.Normal(0.0, 5.0).log_prob(p["mu"])
+        + dist.HalfCauchy(5.0).log_prob(tau)
+        + p["tau"]
+        + dist.Normal(0.0, 1.0).log_prob(p["theta_tilde"]).sum()
+        + dist.Normal(p["mu"] + tau * p["theta_tilde"], sigma).log_prob(y).sum()
+    )
 
 
 def logistic_ld(p, X, g, y):
     sigma = jnp.exp(p["sigma"])
     logits = p["mu"] + sigma * p["z"][g] + X @ p["beta"]
-    return (dist.Normal(0.0, 2.0).log_prob(p["mu"]) + dist.HalfNormal(1.0).log_prob(sigma) + p["sigma"]
-            + dist.Normal(0.0, 1.0).log_prob(p["z"]).sum() + dist.Normal(0.0, 1.0).log_prob(p["beta"]).sum()
-            + dist.Bernoulli(logits=logits).log_prob(y).sum())
+    return (
+        dist.Normal(0.0, 2.0).log_prob(p["mu"])
+        + dist.HalfNormal(1.0).log_prob(sigma)
+        + p["sigma"]
+        + dist.Normal(0.0, 1.0).log_prob(p["z"]).sum()
+        + dist.Normal(0.0, 1.0).log_prob(p["beta"]).sum()
+        + dist.Bernoulli(logits=logits).log_prob(y).sum()
+    )
 
 
 def gp_ld(p, x, y):
     ls, amp, noise = jnp.exp(p["lengthscale"]), jnp.exp(p["amplitude"]), jnp.exp(p["noise"])
     n = x.shape[0]
     K = amp**2 * jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / ls**2) + (noise**2 + 1e-4) * jnp.eye(n)
-    return (dist.InverseGamma(3.0, 6.0).log_prob(ls) + dist.HalfNormal(2.0).log_prob(amp)
-            + dist.HalfNormal(1.0).log_prob(noise) + p["lengthscale"] + p["amplitude"] + p["noise"]
-            + dist.MultivariateNormal(jnp.zeros(n), scale_tril=jnp.linalg.cholesky(K)).log_prob(y))
+    return (
+        dist.InverseGamma(3.0, 6.0).log_prob(ls)
+        + dist.HalfNormal(2.0).log_prob(amp)
+        + dist.HalfNormal(1.0).log_prob(noise)
+        + p["lengthscale"]
+        + p["amplitude"]
+        + p["noise"]
+        + dist.MultivariateNormal(jnp.zeros(n), scale_tril=jnp.linalg.cholesky(K)).log_prob(y)
+    )
 
 
 def mlp_ld(p, x, y):
@@ -75,8 +90,9 @@ def make_sampler(logdensity_fn, num_warmup, num_samples, max_tree_depth, target)
 
     def one_chain(key, position):
         warm_key, run_key = jax.random.split(key)
-        warmup = blackjax.window_adaptation(blackjax.nuts, logdensity_fn, target_acceptance_rate=target,
-                                            max_num_doublings=max_tree_depth)
+        warmup = blackjax.window_adaptation(
+            blackjax.nuts, logdensity_fn, target_acceptance_rate=target, max_num_doublings=max_tree_depth
+        )
         (state, params), winfo = warmup.run(warm_key, position, num_steps=num_warmup)
         step = blackjax.nuts(logdensity_fn, **params).step  # params carries max_num_doublings
 
@@ -100,6 +116,7 @@ def bench(case, handwritten, settings, repeats, seed):
         order = ("bridge", "native") if r % 2 == 0 else ("native", "bridge")
         res = {}
         for side in order:
+
             def first():
                 if side == "bridge":
                     fn, _ = rb.blackjax.logdensity(case.model, case.log_joint, *case.args)
@@ -107,25 +124,44 @@ def bench(case, handwritten, settings, repeats, seed):
                 else:
                     fn = lambda p: handwritten(p, *case.args)  # noqa: E731
                     start = init_native
-                run = make_sampler(fn, settings["num_warmup"], settings["num_samples"], case.max_tree_depth,
-                                   settings["target_accept_prob"])
+                run = make_sampler(
+                    fn,
+                    settings["num_warmup"],
+                    settings["num_samples"],
+                    case.max_tree_depth,
+                    settings["target_accept_prob"],
+                )
                 return run, fn, start, run(keys, start)
 
             (run, fn, start, out), t_first = common.timed(first)
             _, t_steady = common.timed(lambda: run(keys, start))
             positions, info, warm_steps = out
             if side == "bridge":
-                idata, t_extract = common.timed(lambda: rb.blackjax.posterior(case.model, positions, info).to_inference_data())
+                idata, t_extract = common.timed(
+                    lambda: rb.blackjax.posterior(case.model, positions, info).to_inference_data()
+                )
                 draws = {f"v{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(positions))}
             else:
                 t_extract = float("nan")
                 draws = {k: np.asarray(v) for k, v in positions.items()}
             steps = int(np.sum(info.num_integration_steps)) + int(np.sum(warm_steps))
-            res[side] = dict(fn=fn, start=start, t_first=t_first, t_steady=t_steady, t_extract=t_extract,
-                             steps=steps, ess=common.min_bulk_ess(draws), div=int(np.sum(info.is_divergent)))
+            res[side] = dict(
+                fn=fn,
+                start=start,
+                t_first=t_first,
+                t_steady=t_steady,
+                t_extract=t_extract,
+                steps=steps,
+                ess=common.min_bulk_ess(draws),
+                div=int(np.sum(info.is_divergent)),
+            )
         b, n = res["bridge"], res["native"]
-        np.testing.assert_allclose(jax.vmap(b["fn"])(b["start"]), jax.vmap(n["fn"])(n["start"]), rtol=2e-3,
-                                   err_msg=f"{case.name}: the bridge and the hand-written density differ")
+        np.testing.assert_allclose(
+            jax.vmap(b["fn"])(b["start"]),
+            jax.vmap(n["fn"])(n["start"]),
+            rtol=2e-3,
+            err_msg=f"{case.name}: the bridge and the hand-written density differ",
+        )
         gb = common.grad_time_in_loop(jax.vmap(jax.value_and_grad(b["fn"])), b["start"])
         gn = common.grad_time_in_loop(jax.vmap(jax.value_and_grad(n["fn"])), n["start"])
         for i, (x, g) in enumerate(((b, gb), (n, gn))):
@@ -138,8 +174,11 @@ def bench(case, handwritten, settings, repeats, seed):
             figs["share"][i].append(x["t_extract"] / x["t_first"] * 100)
         for side in ("bridge", "native"):
             x = res[side]
-            print(f"  repeat {r} {side:6s}: first {x['t_first']:.2f}s, steady {x['t_steady']:.2f}s, leapfrog steps "
-                  f"{x['steps']}, min bulk ESS {x['ess']:.0f}, divergences {x['div']}", flush=True)
+            print(
+                f"  repeat {r} {side:6s}: first {x['t_first']:.2f}s, steady {x['t_steady']:.2f}s, leapfrog steps "
+                f"{x['steps']}, min bulk ESS {x['ess']:.0f}, divergences {x['div']}",
+                flush=True,
+            )
     rows = [
         common.ratio_row("compile time (s)", *figs["compile"]),
         common.ratio_row("grad (4 chains vmapped, in-loop, µs)", *figs["grad"]),
@@ -159,15 +198,25 @@ def main(argv=None):
     repeats = args.repeats or (1 if args.quick else 3)
     if args.quick:
         settings = common.nuts_settings(quick=True)
-        cases = {"eight": (bench_nuts.eight_schools, eight_schools_ld), "logistic": (bench_nuts.hier_logistic, logistic_ld)}
+        cases = {
+            "eight": (bench_nuts.eight_schools, eight_schools_ld),
+            "logistic": (bench_nuts.hier_logistic, logistic_ld),
+        }
     else:
         settings = common.nuts_settings(quick=False)
-        cases = {"eight": (bench_nuts.eight_schools, eight_schools_ld), "logistic": (bench_nuts.hier_logistic, logistic_ld),
-                 "gp": (bench_nuts.gp, gp_ld), "mlp": (bench_nuts.mlp, mlp_ld)}
+        cases = {
+            "eight": (bench_nuts.eight_schools, eight_schools_ld),
+            "logistic": (bench_nuts.hier_logistic, logistic_ld),
+            "gp": (bench_nuts.gp, gp_ld),
+            "mlp": (bench_nuts.mlp, mlp_ld),
+        }
     if args.only:
         cases = {k: v for k, v in cases.items() if k in args.only.split(",")}
-    print(f"# bench_blackjax: {common.machine()}, BlackJAX {blackjax.__version__}\n"
-          f"# settings {settings}, repeats {repeats}, seed {args.seed}", flush=True)
+    print(
+        f"# bench_blackjax: {common.machine()}, BlackJAX {blackjax.__version__}\n"
+        f"# settings {settings}, repeats {repeats}, seed {args.seed}",
+        flush=True,
+    )
     common.warm_up_arviz()
     t0 = time.perf_counter()
     for make, ld in cases.values():

@@ -22,8 +22,9 @@ import json
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -43,7 +44,11 @@ import reparam_bridge as rb  # noqa: E402
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
 ROOT = pathlib.Path(__file__).resolve().parent
-POSTERIORDB = ROOT.parent.parent / "shared" / "posteriordb"
+# ../shared/posteriordb beside the checkout (from a worktree under wt/: two levels up)
+POSTERIORDB = next(
+    (p for p in (ROOT.parents[1] / "shared" / "posteriordb", ROOT.parents[2] / "shared" / "posteriordb") if p.exists()),
+    ROOT.parents[1] / "shared" / "posteriordb",
+)
 
 
 @dataclass
@@ -78,9 +83,12 @@ def eight_schools() -> Case:
 
     def log_joint(m, y, sigma):
         theta = m.mu + m.tau * m.theta_tilde
-        return (dist.Normal(0.0, 5.0).log_prob(m.mu) + dist.HalfCauchy(5.0).log_prob(m.tau)
-                + dist.Normal(0.0, 1.0).log_prob(m.theta_tilde).sum()
-                + dist.Normal(theta, sigma).log_prob(y).sum())
+        return (
+            dist.Normal(0.0, 5.0).log_prob(m.mu)
+            + dist.HalfCauchy(5.0).log_prob(m.tau)
+            + dist.Normal(0.0, 1.0).log_prob(m.theta_tilde).sum()
+            + dist.Normal(theta, sigma).log_prob(y).sum()
+        )
 
     def native(y, sigma):
         mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
@@ -128,8 +136,15 @@ def hier_logistic(n: int = 1000, groups: int = 50, k: int = 3) -> Case:
             numpyro.sample("y", dist.Bernoulli(logits=mu + sigma * z[g] + X @ beta), obs=y)
 
     # dict leaves flatten in sorted key order: beta, mu, sigma, z
-    return Case("hier. logistic (1000 obs, 50 groups)", model, log_joint, (X, g, y), native, (X, g, y),
-                ["beta", "mu", "sigma", "z"])
+    return Case(
+        "hier. logistic (1000 obs, 50 groups)",
+        model,
+        log_joint,
+        (X, g, y),
+        native,
+        (X, g, y),
+        ["beta", "mu", "sigma", "z"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,8 +175,12 @@ def gp(n: int = 60) -> Case:
         return dist.MultivariateNormal(jnp.zeros(n), scale_tril=jnp.linalg.cholesky(K))
 
     def log_joint(m, x, y):
-        return (dist.InverseGamma(3.0, 6.0).log_prob(m.lengthscale) + dist.HalfNormal(2.0).log_prob(m.amplitude)
-                + dist.HalfNormal(1.0).log_prob(m.noise) + marginal(m.lengthscale, m.amplitude, m.noise, x, y).log_prob(y))
+        return (
+            dist.InverseGamma(3.0, 6.0).log_prob(m.lengthscale)
+            + dist.HalfNormal(2.0).log_prob(m.amplitude)
+            + dist.HalfNormal(1.0).log_prob(m.noise)
+            + marginal(m.lengthscale, m.amplitude, m.noise, x, y).log_prob(y)
+        )
 
     def native(x, y):
         ls = numpyro.sample("lengthscale", dist.InverseGamma(3.0, 6.0))
@@ -170,8 +189,9 @@ def gp(n: int = 60) -> Case:
         numpyro.sample("y", marginal(ls, amp, noise, x, y), obs=y)
 
     model = GP(rb.Positive(1.0), rb.Positive(1.0), rb.Positive(0.5))
-    return Case(f"GP regression (n={n})", model, log_joint, (x, y), native, (x, y),
-                ["lengthscale", "amplitude", "noise"])
+    return Case(
+        f"GP regression (n={n})", model, log_joint, (x, y), native, (x, y), ["lengthscale", "amplitude", "noise"]
+    )
 
 
 class MultiGP(eqx.Module):
@@ -196,9 +216,13 @@ def multi_gp(n: int = 25, outputs: int = 3) -> Case:
         return dist.MultivariateNormal(jnp.zeros(n * outputs), scale_tril=jnp.linalg.cholesky(K))
 
     def log_joint(m, x, y):
-        return (dist.InverseGamma(3.0, 6.0).log_prob(m.lengthscale) + dist.HalfNormal(2.0).log_prob(m.scales).sum()
-                + dist.LKJCholesky(outputs, 2.0).log_prob(m.corr) + dist.HalfNormal(1.0).log_prob(m.noise)
-                + marginal(m.lengthscale, m.scales, m.corr, m.noise, x).log_prob(y))
+        return (
+            dist.InverseGamma(3.0, 6.0).log_prob(m.lengthscale)
+            + dist.HalfNormal(2.0).log_prob(m.scales).sum()
+            + dist.LKJCholesky(outputs, 2.0).log_prob(m.corr)
+            + dist.HalfNormal(1.0).log_prob(m.noise)
+            + marginal(m.lengthscale, m.scales, m.corr, m.noise, x).log_prob(y)
+        )
 
     def native(x, y):
         ls = numpyro.sample("lengthscale", dist.InverseGamma(3.0, 6.0))
@@ -207,9 +231,18 @@ def multi_gp(n: int = 25, outputs: int = 3) -> Case:
         noise = numpyro.sample("noise", dist.HalfNormal(1.0))
         numpyro.sample("y", marginal(ls, scales, L, noise, x), obs=y)
 
-    model = MultiGP(rb.Positive(1.0), rb.Positive(jnp.ones(outputs)), rb.CorrCholesky(jnp.eye(outputs)), rb.Positive(0.5))
-    return Case(f"multi-output GP + LKJ ({outputs}x{n})", model, log_joint, (x, y), native, (x, y),
-                ["lengthscale", "scales", "corr", "noise"])
+    model = MultiGP(
+        rb.Positive(1.0), rb.Positive(jnp.ones(outputs)), rb.CorrCholesky(jnp.eye(outputs)), rb.Positive(0.5)
+    )
+    return Case(
+        f"multi-output GP + LKJ ({outputs}x{n})",
+        model,
+        log_joint,
+        (x, y),
+        native,
+        (x, y),
+        ["lengthscale", "scales", "corr", "noise"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,12 +258,18 @@ def mlp(n: int = 100, width: int = 16, max_tree_depth: int = 8) -> Case:
     shapes = [(width, 1), (width,), (width, width), (width,), (1, width), (1,)]  # eqx.nn.MLP's leaves
 
     def log_joint(m, x, y):
-        prior = sum(dist.Normal(0.0, 1.0).log_prob(w).sum() for w in jax.tree_util.tree_leaves(eqx.filter(m["net"], eqx.is_array)))
+        prior = sum(
+            dist.Normal(0.0, 1.0).log_prob(w).sum()
+            for w in jax.tree_util.tree_leaves(eqx.filter(m["net"], eqx.is_array))
+        )
         f = jax.vmap(m["net"])(x)
         return prior + dist.HalfNormal(0.5).log_prob(m["sigma"]) + dist.Normal(f, m["sigma"]).log_prob(y).sum()
 
     def native(x, y):
-        w = [numpyro.sample(f"w{i}", dist.Normal(0.0, 1.0).expand(list(s)).to_event(len(s))) for i, s in enumerate(shapes)]
+        w = [
+            numpyro.sample(f"w{i}", dist.Normal(0.0, 1.0).expand(list(s)).to_event(len(s)))
+            for i, s in enumerate(shapes)
+        ]
         sigma = numpyro.sample("sigma", dist.HalfNormal(0.5))
         h = jnp.tanh(x @ w[0].T + w[1])
         h = jnp.tanh(h @ w[2].T + w[3])
@@ -239,8 +278,17 @@ def mlp(n: int = 100, width: int = 16, max_tree_depth: int = 8) -> Case:
 
     model = {"net": net, "sigma": rb.Positive(0.3)}
     nparams = sum(int(np.prod(s)) for s in shapes) + 1
-    return Case(f"Bayesian MLP ({nparams} params)", model, log_joint, (x, y), native, (x, y),
-                [f"w{i}" for i in range(6)] + ["sigma"], max_tree_depth=max_tree_depth, init_radius=1.0)
+    return Case(
+        f"Bayesian MLP ({nparams} params)",
+        model,
+        log_joint,
+        (x, y),
+        native,
+        (x, y),
+        [f"w{i}" for i in range(6)] + ["sigma"],
+        max_tree_depth=max_tree_depth,
+        init_radius=1.0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,19 +310,37 @@ def native_draws(mcmc: MCMC) -> dict[str, np.ndarray]:
 
 
 def run_bridge(case, key, init, settings):
-    post, t_first = common.timed(lambda: rb.sample(
-        case.model, case.log_joint, *case.args, key=key, init=init, progress_bar=False,
-        chain_method="vectorized", **settings))
+    post, t_first = common.timed(
+        lambda: rb.sample(
+            case.model,
+            case.log_joint,
+            *case.args,
+            key=key,
+            init=init,
+            progress_bar=False,
+            chain_method="vectorized",
+            **settings,
+        )
+    )
     idata, t_extract = common.timed(lambda: post.to_inference_data())
     draws = {k: np.asarray(v) for k, v in idata.posterior.data_vars.items()}
     # the same MCMC again, already compiled, same key and start: compile excluded
     params = rb.partition(init)[0]
     run_key = jax.random.split(key)[1]
-    _, t_steady = common.timed(lambda: (post.mcmc.run(run_key, init_params=params, extra_fields=_EXTRA_FIELDS),
-                                        post.mcmc.get_samples())[1])
-    return dict(mcmc=post.mcmc, t_first=t_first, t_steady=t_steady, t_extract=t_extract, draws=draws,
-                sample_steps=int(np.sum(post.sample_stats["n_steps"])), init=params, run_key=run_key,
-                divergences=int(np.sum(post.sample_stats["diverging"])))
+    _, t_steady = common.timed(
+        lambda: (post.mcmc.run(run_key, init_params=params, extra_fields=_EXTRA_FIELDS), post.mcmc.get_samples())[1]
+    )
+    return dict(
+        mcmc=post.mcmc,
+        t_first=t_first,
+        t_steady=t_steady,
+        t_extract=t_extract,
+        draws=draws,
+        sample_steps=int(np.sum(post.sample_stats["n_steps"])),
+        init=params,
+        run_key=run_key,
+        divergences=int(np.sum(post.sample_stats["diverging"])),
+    )
 
 
 def run_native(case, key, init, settings):
@@ -290,11 +356,24 @@ def run_native(case, key, init, settings):
 
     (mcmc, draws, extra), t_first = common.timed(first)
     _, t_extract = common.timed(lambda: rb.arviz.from_numpyro(mcmc, log_likelihood=False))
-    _, t_steady = common.timed(lambda: (mcmc.run(run_key, *case.native_args, init_params=init,
-                                                 extra_fields=_EXTRA_FIELDS), mcmc.get_samples())[1])
-    return dict(mcmc=mcmc, t_first=t_first, t_steady=t_steady, t_extract=t_extract, draws=draws,
-                sample_steps=int(np.sum(extra["num_steps"])), init=init, run_key=run_key,
-                divergences=int(np.sum(extra["diverging"])), args=case.native_args)
+    _, t_steady = common.timed(
+        lambda: (
+            mcmc.run(run_key, *case.native_args, init_params=init, extra_fields=_EXTRA_FIELDS),
+            mcmc.get_samples(),
+        )[1]
+    )
+    return dict(
+        mcmc=mcmc,
+        t_first=t_first,
+        t_steady=t_steady,
+        t_extract=t_extract,
+        draws=draws,
+        sample_steps=int(np.sum(extra["num_steps"])),
+        init=init,
+        run_key=run_key,
+        divergences=int(np.sum(extra["diverging"])),
+        args=case.native_args,
+    )
 
 
 def warmup_steps(case, side, res, settings) -> int:
@@ -321,8 +400,13 @@ def grad_times(case, init_native, init_bridge):
     pb, pn = rb.partition(init_bridge)[0], init_native
     vb = jax.vmap(jax.value_and_grad(lambda p: -logdensity(p)))
     vn = jax.vmap(jax.value_and_grad(info.potential_fn))
-    np.testing.assert_allclose(vb(pb)[0], vn(pn)[0], rtol=2e-3, atol=1e-3 * float(jnp.max(jnp.abs(vn(pn)[0]))),
-                               err_msg=f"{case.name}: the two potentials differ")
+    np.testing.assert_allclose(
+        vb(pb)[0],
+        vn(pn)[0],
+        rtol=2e-3,
+        atol=1e-3 * float(jnp.max(jnp.abs(vn(pn)[0]))),
+        err_msg=f"{case.name}: the two potentials differ",
+    )
     return common.grad_time_in_loop(vb, pb), common.grad_time_in_loop(vn, pn)
 
 
@@ -350,9 +434,11 @@ def bench(case: Case, settings: dict, repeats: int, seed: int) -> tuple[str, dic
             figs["ess_s"][i].append(ess / x["t_first"])
             figs["extract"][i].append(x["t_extract"])
             figs["share"][i].append(x["t_extract"] / x["t_first"] * 100)
-            notes.append(f"  repeat {r} {side:6s}: first {x['t_first']:.2f}s, steady {x['t_steady']:.2f}s, "
-                         f"leapfrog steps {steps}, min bulk ESS {ess:.0f}, divergences {x['divergences']}, "
-                         f"extraction {x['t_extract'] * 1e3:.0f} ms")
+            notes.append(
+                f"  repeat {r} {side:6s}: first {x['t_first']:.2f}s, steady {x['t_steady']:.2f}s, "
+                f"leapfrog steps {steps}, min bulk ESS {ess:.0f}, divergences {x['divergences']}, "
+                f"extraction {x['t_extract'] * 1e3:.0f} ms"
+            )
         print("\n".join(notes[-2:]), flush=True)
     rows = [
         common.ratio_row("compile time (s)", *figs["compile"]),
@@ -374,8 +460,13 @@ def main(argv=None):
     if args.quick:
         # short chains, small versions; by default two posteriors: a smoke run of the whole protocol
         settings = common.nuts_settings(quick=True)
-        cases = {"eight": eight_schools, "logistic": hier_logistic, "gp": lambda: gp(30),
-                 "multigp": lambda: multi_gp(10), "mlp": lambda: mlp(50, 8, max_tree_depth=6)}
+        cases = {
+            "eight": eight_schools,
+            "logistic": hier_logistic,
+            "gp": lambda: gp(30),
+            "multigp": lambda: multi_gp(10),
+            "mlp": lambda: mlp(50, 8, max_tree_depth=6),
+        }
         args.only = args.only or "eight,logistic"
     else:
         settings = common.nuts_settings(quick=False)

@@ -36,8 +36,11 @@ def _model(p):
     model = {"mu": rb.Real(0.0), "x": rb.Positive(jnp.ones(p - 1))}
 
     def log_joint(m, y):
-        return (dist.Normal(0.0, 1.0).log_prob(m["mu"]) + dist.LogNormal(m["mu"], 1.0).log_prob(m["x"]).sum()
-                + dist.Normal(m["x"], 0.5).log_prob(y).sum())
+        return (
+            dist.Normal(0.0, 1.0).log_prob(m["mu"])
+            + dist.LogNormal(m["mu"], 1.0).log_prob(m["x"]).sum()
+            + dist.Normal(m["x"], 0.5).log_prob(y).sum()
+        )
 
     return model, log_joint
 
@@ -56,15 +59,34 @@ def child(p: int, warmup: int, samples: int, chains: int) -> dict:
     params, static = rb.partition(model)
     ld = common.logdensity_fn(log_joint, static, (y,))
     grad = common.grad_time_in_loop(jax.value_and_grad(ld), params, n=200)
-    post, t_sample = common.timed(lambda: rb.sample(model, log_joint, y, key=jax.random.key(2), num_warmup=warmup,
-                                                    num_samples=samples, num_chains=chains, max_tree_depth=6,
-                                                    chain_method="vectorized", progress_bar=False))
+    post, t_sample = common.timed(
+        lambda: rb.sample(
+            model,
+            log_joint,
+            y,
+            key=jax.random.key(2),
+            num_warmup=warmup,
+            num_samples=samples,
+            num_chains=chains,
+            max_tree_depth=6,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+    )
     rss_sample = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _, t_extract = common.timed(lambda: (post.draws, post.to_inference_data()))
     rss_extract = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(p=p, grad=grad, t_sample=t_sample, t_extract=t_extract, draws=chains * samples,
-                steps=int(np.sum(post.sample_stats["n_steps"])), rss0_mb=rss0 / 1024,
-                rss_sample_mb=rss_sample / 1024, rss_extract_mb=rss_extract / 1024)
+    return dict(
+        p=p,
+        grad=grad,
+        t_sample=t_sample,
+        t_extract=t_extract,
+        draws=chains * samples,
+        steps=int(np.sum(post.sample_stats["n_steps"])),
+        rss0_mb=rss0 / 1024,
+        rss_sample_mb=rss_sample / 1024,
+        rss_extract_mb=rss_extract / 1024,
+    )
 
 
 def extraction_grid(sizes, draws_list, repeats) -> list[dict]:
@@ -142,35 +164,65 @@ def main(argv=None):
     else:
         sizes, warmup, samples = [10, 100, 1_000, 10_000, 100_000], 200, 200
         grid_sizes, grid_draws, reps = [100, 1_000, 10_000, 100_000], [25, 100, 250], 3
-    print(f"# bench_scaling: {common.machine()}\n# sample: 2 vectorized chains, {warmup} warmup + {samples} draws",
-          flush=True)
+    print(
+        f"# bench_scaling: {common.machine()}\n# sample: 2 vectorized chains, {warmup} warmup + {samples} draws",
+        flush=True,
+    )
     t0 = time.perf_counter()
     runs = []
     for size in sizes:
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps([size, warmup, samples, 2])],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps([size, warmup, samples, 2])],
+            capture_output=True,
+            text=True,
+        )
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(out.stdout, out.stderr)
             raise RuntimeError(f"size {size} failed")
         runs.append(json.loads(line[7:]))
         r = runs[-1]
-        print(f"  {size:>7d} params: grad {r['grad'] * 1e6:9.1f} µs, sample {r['t_sample']:6.1f} s "
-              f"({r['steps']} leapfrog steps), extraction {r['t_extract'] * 1e3:7.1f} ms "
-              f"({r['t_extract'] / r['t_sample'] * 100:.1f}% of sampling), peak RSS {r['rss_sample_mb']:.0f} MB "
-              f"after sample, {r['rss_extract_mb']:.0f} MB after extraction (after imports: {r['rss0_mb']:.0f} MB)",
-              flush=True)
+        print(
+            f"  {size:>7d} params: grad {r['grad'] * 1e6:9.1f} µs, sample {r['t_sample']:6.1f} s "
+            f"({r['steps']} leapfrog steps), extraction {r['t_extract'] * 1e3:7.1f} ms "
+            f"({r['t_extract'] / r['t_sample'] * 100:.1f}% of sampling), peak RSS {r['rss_sample_mb']:.0f} MB "
+            f"after sample, {r['rss_extract_mb']:.0f} MB after extraction (after imports: {r['rss0_mb']:.0f} MB)",
+            flush=True,
+        )
     common.warm_up_arviz()
     grid = extraction_grid(grid_sizes, grid_draws, reps)
     fixed, per = plot(runs, grid)
-    rows = [[f"{r['p']:,}", f"{r['grad'] * 1e6:.1f}", f"{r['t_sample'] / max(r['steps'], 1) * 1e6:.1f}",
-             f"{r['t_sample']:.1f}", f"{r['t_extract'] * 1e3:.0f}", f"{r['t_extract'] / r['t_sample'] * 100:.1f}",
-             f"{r['rss_sample_mb']:.0f}", f"{r['rss_extract_mb'] - r['rss_sample_mb']:.0f}"] for r in runs]
-    common.print_table("Scaling (rb.sample, 2 vectorized chains)", rows, header=[
-        "free params", "grad (µs)", "µs / leapfrog step", "sample (s)", "extraction (ms)", "extraction / sample (%)",
-        "peak RSS (MB)", "extra RSS in extraction (MB)"])
-    print(f"\nextraction vs n = draws×parameters, least squares: {fixed * 1e3:.0f} ms + {per * 1e9:.2f} ns × n "
-          f"(a fixed compile + a linear term); figure: {FIGURE.relative_to(HERE.parent)}")
+    rows = [
+        [
+            f"{r['p']:,}",
+            f"{r['grad'] * 1e6:.1f}",
+            f"{r['t_sample'] / max(r['steps'], 1) * 1e6:.1f}",
+            f"{r['t_sample']:.1f}",
+            f"{r['t_extract'] * 1e3:.0f}",
+            f"{r['t_extract'] / r['t_sample'] * 100:.1f}",
+            f"{r['rss_sample_mb']:.0f}",
+            f"{r['rss_extract_mb'] - r['rss_sample_mb']:.0f}",
+        ]
+        for r in runs
+    ]
+    common.print_table(
+        "Scaling (rb.sample, 2 vectorized chains)",
+        rows,
+        header=[
+            "free params",
+            "grad (µs)",
+            "µs / leapfrog step",
+            "sample (s)",
+            "extraction (ms)",
+            "extraction / sample (%)",
+            "peak RSS (MB)",
+            "extra RSS in extraction (MB)",
+        ],
+    )
+    print(
+        f"\nextraction vs n = draws×parameters, least squares: {fixed * 1e3:.0f} ms + {per * 1e9:.2f} ns × n "
+        f"(a fixed compile + a linear term); figure: {FIGURE.relative_to(HERE.parent)}"
+    )
     print(f"total {time.perf_counter() - t0:.0f}s")
 
 

@@ -12,10 +12,11 @@ package is laid out: ``ARCHITECTURE.md``. Example:
 
 from importlib import metadata as _metadata
 
+from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
 from . import blackjax as blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import geometry as geometry  # curvature, parameterisation comparison, plots
 from . import numpyro as numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
-from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
+from . import testing as testing  # rb.testing.check_bijector (uses rb.* only at call time, so import order is free)
 from ._approx import Approximation as Approximation
 from ._bijectors import Bijector as Bijector
 from ._bijectors import Bounded as Bounded
@@ -47,6 +48,11 @@ from ._fit import fit as fit
 from ._fit import map_estimate as map_estimate
 from ._laplace import LaplaceResult as LaplaceResult
 from ._laplace import laplace as laplace
+from ._multistart import EnsembleResult as EnsembleResult
+from ._multistart import fit_ensemble as fit_ensemble
+from ._multistart import map_estimate_ensemble as map_estimate_ensemble
+from ._pathfinder import PathfinderResult as PathfinderResult
+from ._pathfinder import pathfinder as pathfinder
 from ._sample import Posterior as Posterior
 from ._sample import sample as sample
 from ._tree import NonTrainable as NonTrainable
@@ -59,6 +65,9 @@ from ._unwrappable import SkewSymmetric as SkewSymmetric
 from ._unwrappable import Symmetric as Symmetric
 from ._unwrappable import WeightNormalization as WeightNormalization
 from ._unwrappable import non_trainable as non_trainable
+from ._variational import VariationalResult as VariationalResult
+from ._variational import variational as variational
+from ._warmstart import GoodApproximationWarning as GoodApproximationWarning
 
 try:
     __version__ = _metadata.version("reparam_bridge")
@@ -111,11 +120,21 @@ __all__ = [
     "LaplaceResult",
     "sample",
     "Posterior",
+    "variational",
+    "VariationalResult",
     "Approximation",
+    # warm starts: approximations and multi-start fits that seed rb.sample(init=...)
+    "pathfinder",
+    "PathfinderResult",
+    "map_estimate_ensemble",
+    "fit_ensemble",
+    "EnsembleResult",
+    "GoodApproximationWarning",
     # the ArviZ 0.2x/1.x adapter (summary, ess, rhat, loo, netCDF, ... with the same numbers on both)
     "arviz",
     # submodules
     "geometry",
     "numpyro",
     "blackjax",
+    "testing",
 ]

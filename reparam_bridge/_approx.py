@@ -107,3 +107,10 @@ class Approximation(eqx.Module):
         the approximated posterior roughly isotropic for HMC."""
         cov = jnp.asarray(self.covariance)
         return cov if dense else jnp.diag(cov)
+
+    def to_posterior(self, key: PRNGKeyArray, num_samples: int = 1000, num_chains: int = 4):
+        """Its draws as an ``rb.Posterior`` (``draws``, ``to_inference_data``, ``save``), with
+        no MCMC behind it: use it when :attr:`khat` < 0.5 says the approximation is good."""
+        from ._warmstart import approximation_posterior
+
+        return approximation_posterior(self, key, num_samples, num_chains)

@@ -21,8 +21,8 @@ Example:
 """
 
 import importlib
-import importlib.util
 import importlib.metadata
+import importlib.util
 import math
 import os
 import warnings
@@ -103,12 +103,15 @@ def _checked_dims(groups: dict, coords: Mapping | None, dims: Mapping | None) ->
             raise ValueError(f"dims: there is no variable {name!r}; the variables are {sorted(shapes)}.")
         group, shape = shapes[name]
         if len(names) > len(shape):
-            raise ValueError(f"dims[{name!r}] names {len(names)} dimensions but {name!r} has shape {shape} "
-                             "per draw (chain and draw are not named in dims).")
+            raise ValueError(
+                f"dims[{name!r}] names {len(names)} dimensions but {name!r} has shape {shape} "
+                "per draw (chain and draw are not named in dims)."
+            )
         for d, size in zip(names, shape):
             if coords and d in coords and len(coords[d]) != size:
-                raise ValueError(f"coords[{d!r}] has {len(coords[d])} labels but dimension {d!r} of "
-                                 f"{name!r} has size {size}.")
+                raise ValueError(
+                    f"coords[{d!r}] has {len(coords[d])} labels but dimension {d!r} of {name!r} has size {size}."
+                )
     post = groups.get("posterior", {})
     for name, array in groups.get("unconstrained_posterior", {}).items():
         owner = max((p for p in post if name.startswith(p + ".") and p in dims), key=len, default=None)
@@ -357,8 +360,10 @@ def netcdf_engine() -> str:
         return "h5netcdf"
     if importlib.util.find_spec("netCDF4"):
         return "netcdf4"
-    raise ImportError("Saving/loading ArviZ data needs a netCDF backend: pip install h5netcdf h5py "
-                      "(dependencies of reparam_bridge), or netCDF4.")
+    raise ImportError(
+        "Saving/loading ArviZ data needs a netCDF backend: pip install h5netcdf h5py "
+        "(dependencies of reparam_bridge), or netCDF4."
+    )
 
 
 def to_netcdf(idata: Any, path: str | os.PathLike) -> str:

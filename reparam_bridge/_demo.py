@@ -38,7 +38,9 @@ def synthetic_data(key, n: int = 50, amplitude: float = 2.0, power: float = 0.7,
     return x, y
 
 
-def run_demo(out_dir: str = "outputs", num_warmup: int = 500, num_samples: int = 500, progress_bar: bool = True) -> dict:
+def run_demo(
+    out_dir: str = "outputs", num_warmup: int = 500, num_samples: int = 500, progress_bar: bool = True
+) -> dict:
     """Run the demo; returns the figure path, the summary table and the MAP model."""
     from ._arviz import summary as az_summary  # ArviZ 0.2x and 1.x: the same columns and numbers
 
@@ -49,13 +51,24 @@ def run_demo(out_dir: str = "outputs", num_warmup: int = 500, num_samples: int =
     print("1/4 MAP fit (optax) ...")
     fit = rb.map_estimate(initial, log_joint, x, y, progress_bar=progress_bar)
     m = rb.unwrap(fit.model)
-    print(f"    amplitude={float(m.amplitude):.3f} power={float(m.power):.3f} noise={float(m.noise):.3f} "
-          "(generated with 2.0, 0.7, 0.3)")
+    print(
+        f"    amplitude={float(m.amplitude):.3f} power={float(m.power):.3f} noise={float(m.noise):.3f} "
+        "(generated with 2.0, 0.7, 0.3)"
+    )
 
     print("2/4 NUTS from the MAP (NumPyro, 4 chains) ...")
-    posterior = rb.sample(fit.model, log_joint, x, y, key=jax.random.key(1), num_warmup=num_warmup,
-                          num_samples=num_samples, num_chains=4, progress_bar=progress_bar,
-                          dense_mass=True)  # amplitude and power are strongly correlated
+    posterior = rb.sample(
+        fit.model,
+        log_joint,
+        x,
+        y,
+        key=jax.random.key(1),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=4,
+        progress_bar=progress_bar,
+        dense_mass=True,
+    )  # amplitude and power are strongly correlated
 
     print("3/4 ArviZ summary")
     summary = az_summary(posterior.to_inference_data(), kind="all")
@@ -63,7 +76,10 @@ def run_demo(out_dir: str = "outputs", num_warmup: int = 500, num_samples: int =
     print(f"    divergences: {int(posterior.sample_stats['diverging'].sum())}")
 
     print("4/4 trace plot")
-    path = rb.geometry.plot_trace(posterior, os.path.join(out_dir, "demo_trace.png"),
-                                  title="reparam_bridge demo: NUTS from the MAP, power-law model")
+    path = rb.geometry.plot_trace(
+        posterior,
+        os.path.join(out_dir, "demo_trace.png"),
+        title="reparam_bridge demo: NUTS from the MAP, power-law model",
+    )
     print(f"    wrote {path}  (total {time.perf_counter() - t0:.1f} s)")
     return {"figure": path, "summary": summary, "map": fit.model, "posterior": posterior}

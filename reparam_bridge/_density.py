@@ -89,7 +89,7 @@ def log_prior(tree: PyTree) -> Float[Array, ""]:
         >>> round(float(rb.log_prior(tree)), 4)
         -0.9189
     """
-    return _prior_total(gather(tree, jacobian=False).bijectors)
+    return _or_zero(_prior_total(gather(tree, jacobian=False).bijectors))
 
 
 def prior_term(b: BijectorTerm) -> Float[Array, ""]:
@@ -100,11 +100,12 @@ def prior_term(b: BijectorTerm) -> Float[Array, ""]:
         raise ValueError(f"log_prior: the prior of '{b.path}' fails on its value: {e}") from e
 
 
-def _prior_total(bijectors: list[BijectorTerm]) -> Float[Array, ""]:
-    total = jnp.zeros(())
+def _prior_total(bijectors: list[BijectorTerm]) -> Float[Array, ""] | None:
+    # None when there is no term: no zeros are traced for nothing (tracing cost is per op)
+    total = None
     for b in bijectors:
         if b.prior is not None:
-            total = total + prior_term(b)
+            total = prior_term(b) if total is None else total + prior_term(b)
     return total
 
 
@@ -119,14 +120,21 @@ def log_det_jacobian(tree: PyTree) -> Float[Array, ""]:
         >>> rb.log_det_jacobian(tree)  # d exp(u)/du = exp(u) = e
         Array(1., dtype=float32)
     """
-    return _log_det_total(gather(tree).bijectors)
+    return _or_zero(_log_det_total(gather(tree).bijectors))
 
 
-def _log_det_total(bijectors: list[BijectorTerm]) -> Float[Array, ""]:
-    total = jnp.zeros(())
+def _log_det_total(bijectors: list[BijectorTerm]) -> Float[Array, ""] | None:
+    total = None
     for b in bijectors:
-        total = total + jnp.sum(b.log_det)
+        if isinstance(b.log_det, float) and b.log_det == 0.0:  # an identity map: nothing to add
+            continue
+        log_det = b.log_det if jnp.ndim(b.log_det) == 0 else jnp.sum(b.log_det)
+        total = log_det if total is None else total + log_det
     return total
+
+
+def _or_zero(total: Array | None) -> Float[Array, ""]:
+    return jnp.zeros(()) if total is None else jnp.asarray(total)
 
 
 _INSTEAD = {
@@ -179,9 +187,7 @@ def _raise_non_bijective(bad: list[tuple[str, str]], what: str) -> None:
         )
 
 
-def log_density(
-    log_joint: Callable[..., Any], tree: PyTree, *args: Any, jacobian: bool = True
-) -> Float[Array, ""]:
+def log_density(log_joint: Callable[..., Any], tree: PyTree, *args: Any, jacobian: bool = True) -> Float[Array, ""]:
     """``log_joint(unwrap(tree), *args) + log_prior(tree)``, plus ``log_det_jacobian(tree)``
     when ``jacobian`` (the density of the free, unconstrained arrays, which samplers need).
 
@@ -197,10 +203,9 @@ def log_density(
         _raise_non_bijective(g.non_bijective, "log_density(..., jacobian=True)")
     value = jnp.asarray(log_joint(g.values, *args))
     if value.shape != ():
-        raise ValueError(
-            f"log_joint must return a scalar, got shape {value.shape}; sum the pointwise terms."
-        )
-    total = value + _prior_total(g.bijectors)
-    if jacobian:
-        total = total + _log_det_total(g.bijectors)
+        raise ValueError(f"log_joint must return a scalar, got shape {value.shape}; sum the pointwise terms.")
+    total = value
+    for term in (_prior_total(g.bijectors), _log_det_total(g.bijectors) if jacobian else None):
+        if term is not None:
+            total = total + term
     return total

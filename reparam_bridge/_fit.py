@@ -2,13 +2,15 @@
 
 The loop works on the free arrays from :func:`partition`, rebuilds and unwraps the model
 inside the loss, and projects :class:`Constraint` s with :func:`apply` after every step. It is
-one compiled ``lax.scan`` per chunk of steps (arrays traced, everything else static, as
-``eqx.filter_jit``); every chunk has the same length (when the chunk size does not divide
-the steps, the last chunk is padded and its extra steps masked), so a run compiles once.
+one compiled ``lax.fori_loop`` (``eqx.filter_jit``: arrays traced, everything else static)
+whose start and stop steps are *traced*: a run is cut into chunks (for the progress bar)
+of any lengths without compiling again, and the losses go into one buffer of all the steps.
+Chunks are sized by time: a run expected to take under a quarter of a second is one chunk
+(one dispatch, as a hand-written loop), a longer one updates the bar about four times a second.
 """
 
-import functools
 import math
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -104,16 +106,13 @@ def _all_finite(tree: PyTree) -> Array:
 
 
 class _Loop(NamedTuple):
-    """Everything static about a run; hashable, so equal runs share one compiled chunk."""
+    """Everything static about a run; hashable, so equal runs share one compiled loop."""
 
     objective: Callable
     optimizer: Any
     batch_size: int | None
     n_data: int
     project: bool
-    chunk: int
-    masked: bool
-    init: bool  # initialise the optimiser state inside the chunk
 
     def value_fn(self, params, static, batch):
         return self.objective(eqx.combine(params, static), *batch)
@@ -131,40 +130,28 @@ class _Loop(NamedTuple):
         return params, opt_state, value
 
 
-def _chunk(loop: _Loop, static, params, opt_state, start, n_steps, key, args):
-    """``loop.chunk`` steps from global step ``start``; steps at or beyond ``n_steps`` leave
-    the state unchanged when ``loop.masked`` (only a padded last chunk needs it).
+@eqx.filter_jit
+def _chunk(loop: _Loop, static, params, opt_state, losses, start, stop, key, args):
+    """Steps ``start`` to ``stop - 1`` (both traced), their losses written into ``losses``.
 
-    The carry is the optimiser state alone: per-step bookkeeping in the carry (selecting
-    the old state after a failure) costs as much as a whole step of a small model. Failures
-    are found afterwards instead: the first non-finite loss of the chunk, or non-finite
-    parameters at its end (a non-finite gradient makes the next parameters non-finite with
-    every optax optimiser that does not filter NaNs); :func:`_diagnose` replays to say which.
-    Returns ``first_bad``: that step's index in the chunk, the number of steps run if only the
-    final parameters are bad, or -1."""
+    The carry is the state alone: per-step bookkeeping in it (selecting the old state after
+    a failure) costs as much as a whole step of a small model. Failures are found afterwards:
+    the first non-finite loss of the chunk, or non-finite parameters at its end (a non-finite
+    gradient makes the next parameters non-finite with every optax optimiser that does not
+    filter NaNs); :func:`_diagnose` replays to say which. Returns ``first_bad``: that step,
+    ``stop`` if only the final parameters are bad, or -1."""
 
-    if loop.init:
-        opt_state = loop.optimizer.init(params)
+    def body(i, carry):
+        params, opt_state, losses = carry
+        params, opt_state, value = loop.step(params, opt_state, static, args, key, i)
+        # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
+        return params, opt_state, jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
 
-    def body(carry, i):
-        params, opt_state = carry
-        new_params, new_opt_state, value = loop.step(params, opt_state, static, args, key, i)
-        if loop.masked:
-            keep = i < n_steps
-            new_params, new_opt_state = jax.tree_util.tree_map(
-                lambda a, b: jnp.where(keep, a, b), (new_params, new_opt_state), (params, opt_state)
-            )
-        return (new_params, new_opt_state), value
-
-    steps = start + jnp.arange(loop.chunk, dtype=start.dtype)
-    (params, opt_state), values = jax.lax.scan(body, (params, opt_state), steps)
-    bad_value = ~jnp.isfinite(values) & (steps < n_steps)
-    first_bad = jnp.where(
-        jnp.any(bad_value),
-        jnp.argmax(bad_value),
-        jnp.where(_all_finite(params), -1, jnp.minimum(loop.chunk, n_steps - start)),
-    )
-    return params, opt_state, values, first_bad
+    params, opt_state, losses = jax.lax.fori_loop(start, stop, body, (params, opt_state, losses))
+    steps = jnp.arange(losses.shape[0], dtype=start.dtype)
+    bad_value = ~jnp.isfinite(losses) & (steps >= start) & (steps < stop)
+    first_bad = jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), jnp.where(_all_finite(params), -1, stop))
+    return params, opt_state, losses, first_bad
 
 
 class _Box(eqx.Module):
@@ -176,58 +163,19 @@ def _init_state(box: _Box, params):
     return box.optimizer.init(params)
 
 
-class _Treedef:
-    """The non-array part of the inputs of a chunk: a treedef and its non-array leaves,
-    hashable, so that it can be a static argument of ``jax.jit``."""
-
-    def __init__(self, treedef, is_array: tuple[bool, ...], others: tuple):
-        self.treedef, self.is_array, self.others = treedef, is_array, others
-        self._hash = hash((treedef, is_array, others))
-
-    def __hash__(self):
-        return self._hash
-
-    def __eq__(self, other):
-        return (isinstance(other, _Treedef) and self.treedef == other.treedef
-                and self.is_array == other.is_array and self.others == other.others)
-
-    def combine(self, arrays):
-        arrays, others = iter(arrays), iter(self.others)
-        leaves = [next(arrays) if a else next(others) for a in self.is_array]
-        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+# Seconds per step of each loop seen in this process, keyed like the compiled loop: the
+# next run of the same loop is cut into chunks by time from its first chunk on.
+_SECONDS_PER_STEP: dict = {}
+_CHUNK_SECONDS = 0.25  # bar updates about four times a second
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _chunk_jit(loop, treedef: _Treedef, arrays):
-    return _chunk(loop, *treedef.combine(arrays))
-
-
-def _run_chunk(loop: _Loop, *inputs):
-    """``_chunk`` compiled: what ``eqx.filter_jit`` does (arrays traced, everything else
-    static), with one flatten and ``jax.jit``'s C++ dispatch, which cuts the fixed cost of a
-    call by about half; falls back to ``eqx.filter_jit`` if a non-array leaf is unhashable."""
-    leaves, treedef = jax.tree_util.tree_flatten(inputs)
-    is_array = tuple(eqx.is_array(x) for x in leaves)
-    try:
-        spec = _Treedef(treedef, is_array, tuple(x for x, a in zip(leaves, is_array) if not a))
-    except TypeError:  # an unhashable static leaf
-        return _chunk_filter_jit(loop, *inputs)
-    return _chunk_jit(loop, spec, [x for x, a in zip(leaves, is_array) if a])
-
-
-_chunk_filter_jit = eqx.filter_jit(_chunk)
-
-
-def _diagnose(loop: _Loop, static, params, opt_state, start: int, bad: int, values, key, args,
-              what: str) -> str:
+def _diagnose(loop: _Loop, static, params, opt_state, losses, start: int, bad: int, key, args, what: str) -> str:
     """The error message for a failure found at global step ``bad`` of the chunk that began
-    at ``start`` with ``params``/``opt_state``: replay to step ``bad - 1`` (error path only,
-    so the extra compile is fine) and look at its gradient."""
+    at ``start`` with ``params``/``opt_state``: replay to step ``bad - 1`` (the same compiled
+    loop, stopped earlier) and look at its gradient."""
     prev = bad - 1
     if prev >= start:
-        replay = loop._replace(masked=True)  # same init flag: same opt_state input
-        at, *_ = _run_chunk(replay, static, params, opt_state, np.asarray(start, np.int32),
-                            np.asarray(prev, np.int32), key, args)
+        at, *_ = _chunk(loop, static, params, opt_state, losses, np.int32(start), np.int32(prev), key, args)
         batch = _get_batch(args, key, jnp.asarray(prev), loop.batch_size, loop.n_data)
         value, grads = jax.value_and_grad(loop.value_fn)(at, static, batch)
         paths = [
@@ -241,9 +189,9 @@ def _diagnose(loop: _Loop, static, params, opt_state, start: int, bad: int, valu
                 f"{float(value)}) for parameter(s) {paths}; no result is returned. Lower the "
                 "learning rate or reparameterise those parameters."
             )
-    if bad - start < len(values) and not np.isfinite(float(values[bad - start])):
+    if bad < len(losses) and not np.isfinite(float(losses[bad])):
         return (
-            f"{what}: the loss became non-finite ({float(values[bad - start])}) at step {bad} "
+            f"{what}: the loss became non-finite ({float(losses[bad])}) at step {bad} "
             "(0-based); no result is returned. Check the data and the initial values, lower the "
             "learning rate, or constrain the parameter that leaves its domain."
         )
@@ -253,17 +201,15 @@ def _diagnose(loop: _Loop, static, params, opt_state, start: int, bad: int, valu
     )
 
 
-def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar,
-         chunk_size, what) -> FitResult:
+def _fit(
+    objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar, chunk_size, what
+) -> FitResult:
     if not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"{what}: steps must be a non-negative int, got {steps!r}.")
     optimizer = _default_adam() if optimizer is None else optimizer
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
-        raise ValueError(
-            f"{what}: the model has no free arrays to optimise (everything is static or "
-            "rb.NonTrainable)."
-        )
+        raise ValueError(f"{what}: the model has no free arrays to optimise (everything is static or rb.NonTrainable).")
     n_data = 0
     if batch_size is not None:
         if key is None:
@@ -272,32 +218,29 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
         if not 0 < batch_size <= n_data:
             raise ValueError(f"{what}: batch_size must be in 1..{n_data} (the data size), got {batch_size}.")
         batch_size = int(batch_size)
-    steps = int(steps)
-    chunk = int(chunk_size) if chunk_size is not None else _default_chunk(steps, progress_bar)
-    if chunk < 1:
+    if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"{what}: chunk_size must be >= 1, got {chunk_size}.")
-    n_chunks = -(-steps // chunk)
-    # A single chunk initialises the optimiser itself (one dispatch, not two); several
-    # chunks share one compiled function, so the state is initialised beforehand.
-    fused_init = opt_state is None and n_chunks == 1
-    if opt_state is None and not fused_init:
+    steps = int(steps)
+    loop = _Loop(objective, optimizer, batch_size, n_data, contains_constraints(model))
+    if opt_state is None:
         opt_state = _init_state(_Box(optimizer), params)
-    loop = _Loop(objective, optimizer, batch_size, n_data, contains_constraints(model), chunk,
-                 masked=steps % chunk != 0, init=fused_init)
+    losses = jnp.zeros((steps,), jnp.result_type(float))
+    timing_key = (loop, jax.tree_util.tree_structure(params), steps)
+    plan = _Plan(steps, chunk_size, progress_bar, _SECONDS_PER_STEP.get(timing_key))
 
-    losses = []
-    n_steps = np.asarray(steps, np.int32)
     bar = None
-    if progress_bar and n_chunks:
+    if progress_bar and steps:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=what, leave=True)
     try:
-        for c in range(n_chunks):
-            start = np.asarray(c * chunk, np.int32)
+        start = 0
+        while start < steps:
+            stop = plan.next_stop(start)
+            t0 = time.perf_counter()
             try:
-                new_params, new_opt_state, values, first_bad = _run_chunk(
-                    loop, static, params, opt_state, start, n_steps, key, args
+                new_params, new_opt_state, new_losses, first_bad = _chunk(
+                    loop, static, params, opt_state, losses, np.int32(start), np.int32(stop), key, args
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
                 if "scalar" in str(e):
@@ -308,36 +251,50 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
                 raise
             first_bad = int(first_bad)
             if first_bad >= 0:
-                raise ValueError(_diagnose(loop, static, params, opt_state, c * chunk,
-                                           c * chunk + first_bad, values, key, args, what))
-            params, opt_state = new_params, new_opt_state
-            if loop.init and c + 1 < n_chunks:
-                loop = loop._replace(init=False)
-            n = min(chunk, steps - c * chunk)
-            losses.append(values if n == chunk else values[:n])
+                raise ValueError(
+                    _diagnose(loop, static, params, opt_state, new_losses, start, first_bad, key, args, what)
+                )
+            plan.record(start, stop, time.perf_counter() - t0)
+            params, opt_state, losses = new_params, new_opt_state, new_losses
             if bar is not None:
-                bar.update(n)
-                bar.set_postfix(loss=f"{float(values[n - 1]):.6g}")
+                bar.update(stop - start)
+                bar.set_postfix(loss=f"{float(losses[stop - 1]):.6g}", refresh=False)
+            start = stop
     finally:
         if bar is not None:
             bar.close()
-    if len(losses) == 1:
-        losses = losses[0]
-    else:
-        losses = jnp.concatenate(losses) if losses else jnp.zeros((0,))
+    if plan.per_step is not None:
+        _SECONDS_PER_STEP[timing_key] = plan.per_step
     return FitResult(model=eqx.combine(params, static), losses=losses, opt_state=opt_state)
 
 
-def _default_chunk(steps: int, progress_bar: bool) -> int:
-    if not progress_bar or steps <= 100:
-        return max(steps, 1)
-    # About 20 updates of the bar, each chunk at least 50 steps; a divisor of steps when
-    # there is one close by, so that no chunk needs masking.
-    target = max(50, math.ceil(steps / 20))
-    for size in range(target, 2 * target + 1):
-        if steps % size == 0:
-            return size
-    return target
+class _Plan:
+    """Where each chunk stops. ``chunk_size`` if given; else by time: with no timing for
+    this loop yet, a first chunk of a twentieth of the steps (it also compiles), a second
+    as long (timed), then chunks of about ``_CHUNK_SECONDS``; without a bar, one chunk."""
+
+    def __init__(self, steps: int, chunk_size: int | None, progress_bar: bool, per_step: float | None):
+        self.steps, self.chunk_size, self.bar, self.per_step = steps, chunk_size, progress_bar, per_step
+        self.timed_chunks = 0
+
+    def next_stop(self, start: int) -> int:
+        left = self.steps - start
+        if self.chunk_size is not None:
+            n = int(self.chunk_size)
+        elif not self.bar or left <= 100:
+            n = left
+        elif self.per_step is None:
+            n = max(50, math.ceil(self.steps / 20))
+        else:
+            n = max(1, int(_CHUNK_SECONDS / max(self.per_step, 1e-9)))
+            if left - n < n // 2:  # no short last chunk
+                n = left
+        return start + min(n, left)
+
+    def record(self, start: int, stop: int, seconds: float) -> None:
+        self.timed_chunks += 1
+        if self.timed_chunks > 1 or self.per_step is not None:  # the first may have compiled
+            self.per_step = seconds / (stop - start)
 
 
 def fit(
@@ -372,8 +329,9 @@ def fit(
             replacement) along the leading axis shared by every array in ``args``.
         key: a ``jax.random`` key, required with ``batch_size``.
         progress_bar: show a tqdm bar with the current loss.
-        chunk_size: steps per compiled ``lax.scan`` (and per bar update). Default: all steps
-            when the bar is off, else about 20 chunks.
+        chunk_size: steps per dispatch of the compiled loop (and per bar update); any
+            value reuses the same compiled loop. Default: all steps when the bar is off,
+            else chunks of about a quarter of a second (one chunk for a short run).
 
     Returns:
         A :class:`FitResult` with ``.model`` (still wrapped), ``.losses`` and ``.opt_state``.
@@ -394,8 +352,17 @@ def fit(
         (0.0, (300,))
     """
     return _fit(
-        _UnwrappedLoss(loss_fn), model, args, optimizer=optimizer, steps=steps, opt_state=opt_state,
-        batch_size=batch_size, key=key, progress_bar=progress_bar, chunk_size=chunk_size, what="fit",
+        _UnwrappedLoss(loss_fn),
+        model,
+        args,
+        optimizer=optimizer,
+        steps=steps,
+        opt_state=opt_state,
+        batch_size=batch_size,
+        key=key,
+        progress_bar=progress_bar,
+        chunk_size=chunk_size,
+        what="fit",
     )
 
 
@@ -449,8 +416,13 @@ def map_estimate(
         steps = 100 if steps is None else steps
     steps = 1000 if steps is None else steps
     return _fit(
-        NegLogDensity(log_joint, jacobian), model, args, optimizer=optimizer, steps=steps,
-        what="map_estimate", **{**_FIT_DEFAULTS, **fit_kwargs},
+        NegLogDensity(log_joint, jacobian),
+        model,
+        args,
+        optimizer=optimizer,
+        steps=steps,
+        what="map_estimate",
+        **{**_FIT_DEFAULTS, **fit_kwargs},
     )
 
 

@@ -121,15 +121,25 @@ def laplace(
         )
 
     result = LaplaceResult(
-        mean=model, covariance=covariance, precision_cholesky=chol, names=names,
-        khat=math.nan, log_weights=jnp.zeros((0,)), ess=math.nan,
+        mean=model,
+        covariance=covariance,
+        precision_cholesky=chol,
+        names=names,
+        khat=math.nan,
+        log_weights=jnp.zeros((0,)),
+        ess=math.nan,
     )
     if num_psis_draws:
         key = jax.random.key(0) if key is None else key
         khat, lw, ess = _psis(result, neg_log_p, args, key, int(num_psis_draws))
         result = LaplaceResult(
-            mean=model, covariance=covariance, precision_cholesky=chol, names=names,
-            khat=khat, log_weights=jnp.asarray(lw), ess=ess,
+            mean=model,
+            covariance=covariance,
+            precision_cholesky=chol,
+            names=names,
+            khat=khat,
+            log_weights=jnp.asarray(lw),
+            ess=ess,
         )
     return result
 

@@ -23,9 +23,7 @@ def path_to_str(path: tuple) -> str:
     return ".".join(key_to_str(k) for k in path) if path else "<root>"
 
 
-def leaves_with_paths(
-    tree: Any, is_leaf: Callable[[Any], bool] | None = None
-) -> Iterator[tuple[str, Any]]:
+def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> Iterator[tuple[str, Any]]:
     """``(dotted path, leaf)`` for every leaf of ``tree``."""
     for path, leaf in jtu.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
         yield path_to_str(path), leaf

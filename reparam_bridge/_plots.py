@@ -56,21 +56,30 @@ def trace_figure(draws: Mapping[str, np.ndarray], diverging: np.ndarray | None =
             color = f"C{c % 10}"
             _density(left, x[c].ravel(), color)
             right.plot(np.arange(x.shape[1]), x[c].reshape(x.shape[1], -1), color=color, lw=0.6, alpha=0.8)
+        n_div = 0
         if diverging is not None and np.any(diverging):
             _, where = np.nonzero(np.asarray(diverging))
-            lo = np.nanmin(x)
-            right.plot(where, np.full(where.shape, lo), "|", color="k", markersize=10, alpha=0.7,
-                       label=f"divergent ({where.size})")
-            right.legend(fontsize=7, loc="upper right")
+            n_div = where.size
+            right.margins(y=0.15)  # room under the traces for the ticks
+            # x in data, y in axes coordinates: the ticks sit on the bottom edge whatever the data
+            right.plot(
+                where,
+                np.full(where.shape, 0.04),
+                "|",
+                color="k",
+                markersize=9,
+                alpha=0.8,
+                transform=right.get_xaxis_transform(),
+            )
         left.set_title(name, fontsize=10)
         left.set_xlabel(name)
         left.set_ylabel("density")
         left.set_yticks([])
-        right.set_title(name, fontsize=10)
+        right.set_title(f"{name}   (| at the bottom: {n_div} divergent)" if n_div else name, fontsize=10)
         right.set_xlabel("draw (after warmup)")
         right.set_ylabel(name)
     handles = [plt.Line2D([], [], color=f"C{c % 10}") for c in range(chains)]
-    axes[0, 0].legend(handles, [f"chain {c}" for c in range(chains)], fontsize=7, loc="upper right")
+    axes[0, 0].legend(handles, [f"chain {c}" for c in range(chains)], fontsize=7, loc="best", framealpha=0.8)
     return fig
 
 

@@ -1,7 +1,7 @@
 """NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
 
-import functools
 import copy
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _arviz
+from . import _arviz, _warmstart
 from ._density import check_bijective, gather, partition
 from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
@@ -142,7 +142,7 @@ def sample(
     log_joint: Callable[..., Any],
     *args: Any,
     key: PRNGKeyArray,
-    num_warmup: int = 1000,
+    num_warmup: int | None = None,
     num_samples: int = 1000,
     num_chains: int = 4,
     chain_method: str | None = None,
@@ -163,7 +163,16 @@ def sample(
     ``init_jitter`` in unconstrained space, or at ``init`` (a list of ``num_chains`` wrapped
     models, or one whose free arrays have a leading chain axis).
 
+    ``init`` may also be an approximation (``rb.laplace``, ``rb.pathfinder``) or an
+    ``rb.map_estimate_ensemble`` result: a warm start. Chains then start at independent draws
+    of the approximation (or at the ensemble's optima), and the initial inverse mass matrix
+    (diagonal or dense per ``dense_mass``) and step size come from its covariance, with
+    ``num_warmup`` defaulting to ``SEEDED_NUM_WARMUP`` (300) instead of 1,000 (measured in
+    ``benchmarks/bench_time_to_posterior.py``). A warning says when the approximation is
+    already good (k-hat < 0.5) and its draws would do (``approx.to_posterior(key)``).
+
     Args:
+        num_warmup: warmup steps (default 1,000; 300 for a seeded ``init``).
         chain_method: ``"sharded"``: chains split over every device of every process (a
             ``Mesh`` of ``jax.devices()``; after ``jax.distributed.initialize`` too), vectorized
             within a device; ``num_chains`` a multiple of the device count. Or NumPyro's
@@ -197,10 +206,15 @@ def sample(
     params, static = check_model(model, log_joint, args, "rb.sample")
 
     init_key, run_key = jax.random.split(key)
-    if init is None:
+    if _warmstart.is_seed(init):  # an rb.laplace/rb.pathfinder/ensemble result: starts, metric, warmup
+        init_params, num_warmup, kernel_kwargs = _warmstart.seed(
+            init, params, init_key, num_chains, num_warmup, kernel_kwargs, init_jitter
+        )
+    elif init is None:
         init_params = _initial_params(params, init_key, num_chains, init_jitter)
     else:
         init_params = _stack_inits(init, static, num_chains)
+    num_warmup = _warmstart.DEFAULT_NUM_WARMUP if num_warmup is None else num_warmup
     # The same compiled potential checks the starts and serves NumPyro (no extra compile);
     # the data is its argument, not a constant, so sharded data stays sharded.
     neg_log_density = NegLogDensity(log_joint, True, static)
@@ -282,9 +296,7 @@ def _batched_unwrap(static: PyTree, samples: PyTree) -> PyTree:
     chains, draws = leaves[0].shape[:2]
     flat = jax.tree_util.tree_map(lambda x: x.reshape(chains * draws, *x.shape[2:]), samples)
     out = eqx.filter_jit(eqx.filter_vmap(lambda p: unwrap(eqx.combine(p, static))))(flat)
-    return jax.tree_util.tree_map(
-        lambda x: x.reshape(chains, draws, *x.shape[1:]) if eqx.is_array(x) else x, out
-    )
+    return jax.tree_util.tree_map(lambda x: x.reshape(chains, draws, *x.shape[1:]) if eqx.is_array(x) else x, out)
 
 
 class Posterior:
@@ -299,8 +311,19 @@ class Posterior:
         mcmc: the NumPyro ``MCMC`` object (``None`` after :meth:`load`).
     """
 
-    def __init__(self, model, static, samples, sample_stats, *, mcmc=None, log_joint=None,
-                 args=(), log_likelihood=None, log_likelihood_values=None):
+    def __init__(
+        self,
+        model,
+        static,
+        samples,
+        sample_stats,
+        *,
+        mcmc=None,
+        log_joint=None,
+        args=(),
+        log_likelihood=None,
+        log_likelihood_values=None,
+    ):
         self.model = model
         self._static = static
         self._samples = samples
@@ -319,9 +342,12 @@ class Posterior:
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
-        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None))
-        post = cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
-                   log_likelihood=log_likelihood)
+        stats = _sample_stats(
+            mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None)
+        )
+        post = cls(
+            model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args, log_likelihood=log_likelihood
+        )
         post._last_state = mcmc.last_state
         return post
 
@@ -411,8 +437,16 @@ class Posterior:
         cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
         samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, new._samples)
         stats = {k: cat(self.sample_stats[k], new.sample_stats[k]) for k in self.sample_stats}
-        out = Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
-                        args=self._args, log_likelihood=self._log_likelihood)
+        out = Posterior(
+            self.model,
+            self._static,
+            samples,
+            stats,
+            mcmc=mcmc,
+            log_joint=self._log_joint,
+            args=self._args,
+            log_likelihood=self._log_likelihood,
+        )
         out._last_state = new._last_state
         out.coords, out.dims = self.coords, self.dims
         return out

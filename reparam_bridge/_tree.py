@@ -206,7 +206,7 @@ class _Fold:
 
     def enter(self, kp: tuple) -> None:
         if kp in self.active:
-            chain = " -> ".join(path_to_str(k) for k in self.active[self.active.index(kp):] + [kp])
+            chain = " -> ".join(path_to_str(k) for k in self.active[self.active.index(kp) :] + [kp])
             raise ValueError(f"circular rb.Ref references: {chain}; a Ref must not (indirectly) refer back to itself.")
         self.active.append(kp)
 
@@ -294,7 +294,9 @@ def inner(node: Unwrappable, root: PyTree | None = None) -> Unwrappable:
     return f.map(prefix, node, isinstance(node, NonTrainable), skip=node)
 
 
-def walk(tree: PyTree, enter: Callable[[Unwrappable], bool] = lambda node: True) -> Iterator[tuple[str, Unwrappable, bool]]:
+def walk(
+    tree: PyTree, enter: Callable[[Unwrappable], bool] = lambda node: True
+) -> Iterator[tuple[str, Unwrappable, bool]]:
     """``(dotted path, wrapper, frozen)`` for the wrappers of ``tree``, outermost first,
     going into a wrapper's fields only where ``enter(wrapper)``. Computes no values."""
 
@@ -323,4 +325,3 @@ def unwrap(tree: PyTree) -> PyTree:
         ('abc', 1, Array([1., 1., 1.], dtype=float32))
     """
     return fold(tree)
-

@@ -71,6 +71,7 @@ def non_trainable(tree: PyTree) -> PyTree:
         >>> type(frozen["w"]).__name__, frozen["n"]
         ('NonTrainable', 3)
     """
+
     # A node whose class says ``freeze_whole`` (bijectors: their log-Jacobian and prior then
     # count for nothing; constraints) is frozen whole, and a prior distribution is left
     # alone: neither holds free arrays to wrap one by one.
@@ -120,9 +121,7 @@ class WeightNormalization(Unwrappable[Array]):
 def _check_square(name: str, parameter: Any) -> None:
     array = unwrap(parameter)
     if not (jnp.ndim(array) >= 2 and array.shape[-1] == array.shape[-2]):
-        raise ValueError(
-            f"{name}: the wrapped parameter must have shape (..., N, N), got {jnp.shape(array)}."
-        )
+        raise ValueError(f"{name}: the wrapped parameter must have shape (..., N, N), got {jnp.shape(array)}.")
 
 
 class Symmetric(Unwrappable[Array]):

@@ -29,11 +29,23 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _arviz, _plots
+from ._centredness import learn_centredness  # noqa: F401 - re-exported: rb.geometry.learn_centredness
 from ._density import check_bijective, partition
 from ._naming import draws_to_dict
+from ._neutra import NeuTra, neutra  # noqa: F401 - re-exported: rb.geometry.neutra
 from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
 
-__all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers"]
+__all__ = [
+    "Curvature",
+    "curvature",
+    "compare",
+    "plot_pair",
+    "plot_trace",
+    "plot_condition_numbers",
+    "learn_centredness",
+    "neutra",
+    "NeuTra",
+]
 
 
 def _dominant(vector: np.ndarray, names: Sequence[str], top: int, mass: float = 0.9) -> list[tuple[str, float]]:
@@ -295,8 +307,15 @@ def compare(
         model, log_joint = pair
         start = time.perf_counter()
         post = sample(
-            model, log_joint, *args, key=key, num_warmup=num_warmup, num_samples=num_samples,
-            num_chains=num_chains, progress_bar=progress_bar, **sample_kwargs,
+            model,
+            log_joint,
+            *args,
+            key=key,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            progress_bar=progress_bar,
+            **sample_kwargs,
         )
         jax.block_until_ready(jax.tree_util.tree_leaves(partition(post.unconstrained)[0]))
         seconds = time.perf_counter() - start
@@ -344,18 +363,23 @@ def _select(draws: Mapping[str, np.ndarray], spec: str) -> np.ndarray:
     body = (m.group("inner") or m.group("plain")).strip()
     mi = _INDEX.match(body)
     if mi is None or mi.group("name") not in draws:
-        raise ValueError(f"plot: no variable {spec!r}; the posterior has {sorted(draws)} "
-                         "(select elements as 'theta[0]', take logs as 'log(tau)').")
+        raise ValueError(
+            f"plot: no variable {spec!r}; the posterior has {sorted(draws)} "
+            "(select elements as 'theta[0]', take logs as 'log(tau)')."
+        )
     arr = np.asarray(draws[mi.group("name")])
     if mi.group("idx"):
         idx = tuple(int(i) for i in mi.group("idx").split(","))
         try:
             arr = arr[(slice(None), slice(None), *idx)]
         except IndexError:
-            raise ValueError(f"plot: index {idx} out of range for {mi.group('name')!r} of shape {arr.shape[2:]}.") from None
+            raise ValueError(
+                f"plot: index {idx} out of range for {mi.group('name')!r} of shape {arr.shape[2:]}."
+            ) from None
     if arr.ndim != 2:
-        raise ValueError(f"plot: {spec!r} has shape {arr.shape[2:]} per draw; select one element, e.g. "
-                         f"'{mi.group('name')}[0]'.")
+        raise ValueError(
+            f"plot: {spec!r} has shape {arr.shape[2:]} per draw; select one element, e.g. '{mi.group('name')}[0]'."
+        )
     if take_log:
         if not np.all(arr > 0):
             raise ValueError(f"plot: {spec!r} takes the log of a quantity that is not positive.")
@@ -453,14 +477,22 @@ def plot_condition_numbers(table: Any, path: str | os.PathLike, *, title: str | 
     ax1.legend(fontsize=7, loc="upper right", framealpha=0.9)
     bars = ax2.bar(x, col("ess_per_grad"), 0.6, color="C2")
     for b, d in zip(bars, col("divergences")):
-        ax2.annotate(f"{int(d)} div." if np.isfinite(d) else "? div.", (b.get_x() + b.get_width() / 2, b.get_height()),
-                     ha="center", va="bottom", fontsize=8)
+        ax2.annotate(
+            f"{int(d)} div." if np.isfinite(d) else "? div.",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax2.set_ylim(top=ax2.get_ylim()[1] * 1.12)  # headroom for the divergence labels
     ax2.set_xticks(x, labels, rotation=20, ha="right")
     ax2.set_xlabel("parameterisation")
     ax2.set_ylabel("min bulk ESS\nper gradient evaluation")
     n = len(labels)
-    fig.suptitle((f"{title}\n" if title else "")
-                 + f"{n} parameterisation{'s' if n != 1 else ''}: conditioning and sampling efficiency", fontsize=10)
+    fig.suptitle(
+        (f"{title}\n" if title else "")
+        + f"{n} parameterisation{'s' if n != 1 else ''}: conditioning and sampling efficiency",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _save(fig, path)

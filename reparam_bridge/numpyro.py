@@ -52,7 +52,7 @@ def _expand_to(prior: Distribution, shape: tuple[int, ...], what: str) -> Distri
     """``prior`` as a distribution whose event shape is exactly ``shape``."""
     ev = prior.event_shape
     batch = shape[: len(shape) - len(ev)]
-    if len(ev) > len(shape) or shape[len(shape) - len(ev):] != ev:
+    if len(ev) > len(shape) or shape[len(shape) - len(ev) :] != ev:
         raise ValueError(f"{what}: the prior's event shape {ev} does not fit the array's shape {shape}.")
     try:
         prior = prior.expand(batch) if prior.batch_shape != batch else prior
@@ -107,7 +107,9 @@ def _resolve_priors(name: str, tree: PyTree, prior: PriorSpec) -> tuple[dict, di
         if hasattr(b.inner, "support"):
             check_prior(what, d, b.inner.support())
         if jnp.broadcast_shapes(d.shape(), jnp.shape(value)) != jnp.shape(value):
-            raise ValueError(f"{what}: the prior's shape {d.shape()} is larger than the value's shape {jnp.shape(value)}.")
+            raise ValueError(
+                f"{what}: the prior's shape {d.shape()} is larger than the value's shape {jnp.shape(value)}."
+            )
         wrapped_priors[path] = d
     return plain_priors, wrapped_priors
 

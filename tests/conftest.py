@@ -25,8 +25,9 @@ def jacfwd_logdet(tree, coords):
     flat, unravel = ravel_pytree(params)
 
     def f(x):
-        return jnp.concatenate([jnp.ravel(c) for c in jax.tree_util.tree_leaves(
-            coords(rb.unwrap(eqx.combine(unravel(x), static))))])
+        return jnp.concatenate(
+            [jnp.ravel(c) for c in jax.tree_util.tree_leaves(coords(rb.unwrap(eqx.combine(unravel(x), static))))]
+        )
 
     J = jax.jacfwd(f)(flat)
     assert J.shape[0] == J.shape[1], f"{J.shape}: coordinates and free arrays differ in number"

@@ -4,8 +4,8 @@ Cost: about 30 s on one core (the Jacobian property test dominates: ~35 specs x 
 """
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import equinox as eqx
 import jax
@@ -89,8 +89,20 @@ SPECS = [
     Spec("PositiveDefinite-batch", rb.PositiveDefinite, (2, 3), lower),
     Spec("ZeroSum-batch", rb.ZeroSum, (2, 3), drop_last),
 ]
-NAMED = [rb.Real, rb.Positive, rb.Bounded, rb.Simplex, rb.Ordered, rb.PositiveOrdered, rb.CorrCholesky,
-         rb.CorrMatrix, rb.CovCholesky, rb.PositiveDefinite, rb.ZeroSum, rb.Constrained]
+NAMED = [
+    rb.Real,
+    rb.Positive,
+    rb.Bounded,
+    rb.Simplex,
+    rb.Ordered,
+    rb.PositiveOrdered,
+    rb.CorrCholesky,
+    rb.CorrMatrix,
+    rb.CovCholesky,
+    rb.PositiveDefinite,
+    rb.ZeroSum,
+    rb.Constrained,
+]
 
 
 def test_every_named_bijector_is_covered():
@@ -101,8 +113,9 @@ def free_arrays(spec, scale=3.0):
     return hnp.arrays(np.float64, spec.shape, elements=st.floats(-scale, scale, allow_subnormal=False))
 
 
-PROPERTY = settings(max_examples=8, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=repr)
@@ -198,8 +211,7 @@ _BAD = [
 ]
 
 
-@pytest.mark.parametrize("cls, config, value, words", _BAD,
-                         ids=[f"{c.__name__}-{i}" for i, (c, *_) in enumerate(_BAD)])
+@pytest.mark.parametrize("cls, config, value, words", _BAD, ids=[f"{c.__name__}-{i}" for i, (c, *_) in enumerate(_BAD)])
 def test_constructor_refuses(cls, config, value, words):
     with pytest.raises(ValueError, match=cls.__name__) as info:
         cls(value, **config)
@@ -243,8 +255,10 @@ _PRIOR_OK = [
     (lambda p: rb.Positive(1.0, transform="softplus", prior=p), dist.HalfNormal(1.0)),
     (lambda p: rb.Bounded(0.3, lower=0.0, upper=1.0, prior=p), dist.Beta(2.0, 3.0)),
     (lambda p: rb.Bounded(0.5, lower=-1.0, upper=2.0, prior=p), dist.Uniform(-1.0, 2.0)),
-    (lambda p: rb.Bounded(jnp.array([0.0, 1.0, 2.2]), lower=ARRAY_LO, upper=ARRAY_HI, prior=p),
-     dist.Uniform(ARRAY_LO, ARRAY_HI)),
+    (
+        lambda p: rb.Bounded(jnp.array([0.0, 1.0, 2.2]), lower=ARRAY_LO, upper=ARRAY_HI, prior=p),
+        dist.Uniform(ARRAY_LO, ARRAY_HI),
+    ),
     (lambda p: rb.Real(0.0, prior=p), dist.Normal(0.0, 1.0)),
     (lambda p: rb.Simplex(jnp.array([0.2, 0.3, 0.5]), prior=p), dist.Dirichlet(jnp.ones(3))),
     (lambda p: rb.CorrCholesky(jnp.eye(3), prior=p), dist.LKJCholesky(3, 2.0)),
@@ -329,8 +343,9 @@ def test_edges_float64(spec, fill, x64):
 
 
 def test_nested_bound_two_free_arrays_and_summed_jacobian(x64):
-    tree = rb.Bounded.from_unconstrained(jnp.array([0.3, -1.2]), lower=0.0,
-                                         upper=rb.Positive.from_unconstrained(jnp.array(0.7)))
+    tree = rb.Bounded.from_unconstrained(
+        jnp.array([0.3, -1.2]), lower=0.0, upper=rb.Positive.from_unconstrained(jnp.array(0.7))
+    )
     params, _ = rb.partition(tree)
     assert len(jax.tree_util.tree_leaves(params)) == 2
 

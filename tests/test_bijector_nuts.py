@@ -14,8 +14,8 @@ Cost: about 2-3 min on 2 cores for the whole file (one NUTS compile + run per ca
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import equinox as eqx
 import jax
@@ -57,10 +57,11 @@ def _lower(S):
 
 # ---- reference values ---------------------------------------------------------------
 
+
 def _dirichlet(a):
     a = np.asarray(a, float)
     a0 = a.sum()
-    return a / a0, np.sqrt(a * (a0 - a) / (a0 ** 2 * (a0 + 1)))
+    return a / a0, np.sqrt(a * (a0 - a) / (a0**2 * (a0 + 1)))
 
 
 def _lkj_offdiag(d, eta):
@@ -80,7 +81,7 @@ def _normal_order_stats(n):
 def _exponential_order_stats(n, rate=1.0):
     # Y_(k) = sum_{i<=k} E_i / (n - i + 1) with iid standard exponentials E_i (Rényi)
     w = 1.0 / (rate * np.arange(n, 0, -1))
-    return np.cumsum(w), np.sqrt(np.cumsum(w ** 2))
+    return np.cumsum(w), np.sqrt(np.cumsum(w**2))
 
 
 def _beta(a, b):
@@ -88,15 +89,15 @@ def _beta(a, b):
 
 
 def _lognormal(mu, s, k):
-    m = math.exp(mu + s ** 2 / 2)
-    sd = math.sqrt((math.exp(s ** 2) - 1) * math.exp(2 * mu + s ** 2))
+    m = math.exp(mu + s**2 / 2)
+    sd = math.sqrt((math.exp(s**2) - 1) * math.exp(2 * mu + s**2))
     return np.full(k, m), np.full(k, sd)
 
 
 def _wishart(df, S):
     # E W = df S, Var W_ij = df (S_ij² + S_ii S_jj)
     S = np.asarray(S)
-    var = df * (S ** 2 + np.outer(np.diag(S), np.diag(S)))
+    var = df * (S**2 + np.outer(np.diag(S), np.diag(S)))
     return _lower(df * S), np.sqrt(_lower(var))
 
 
@@ -106,49 +107,121 @@ ZS_N, ZS_SIGMA = 4, 1.5
 
 
 CASES = [
-    Case("Real-Normal", lambda: {"x": rb.Real(jnp.zeros(2), prior=dist.Normal(jnp.array([1.0, -2.0]), 2.0))},
-         lambda m: m["x"], np.array([1.0, -2.0]), np.array([2.0, 2.0])),
-    Case("Positive-exp-LogNormal", lambda: {"x": rb.Positive(jnp.ones(2), prior=dist.LogNormal(0.0, 0.5))},
-         lambda m: m["x"], *_lognormal(0.0, 0.5, 2)),
-    Case("Positive-softplus-LogNormal",
-         lambda: {"x": rb.Positive(jnp.ones(2), transform="softplus", prior=dist.LogNormal(0.0, 0.5))},
-         lambda m: m["x"], *_lognormal(0.0, 0.5, 2)),
-    Case("Bounded01-Beta", lambda: {"x": rb.Bounded(0.5, lower=0.0, upper=1.0, prior=dist.Beta(2.0, 3.0))},
-         lambda m: m["x"][None], *_beta(2.0, 3.0)),
-    Case("Bounded-array-Uniform",
-         lambda: {"x": rb.Bounded(jnp.asarray((LO + HI) / 2), lower=LO, upper=HI, prior=dist.Uniform(LO, HI))},
-         lambda m: m["x"], (LO + HI) / 2, (HI - LO) / math.sqrt(12)),
+    Case(
+        "Real-Normal",
+        lambda: {"x": rb.Real(jnp.zeros(2), prior=dist.Normal(jnp.array([1.0, -2.0]), 2.0))},
+        lambda m: m["x"],
+        np.array([1.0, -2.0]),
+        np.array([2.0, 2.0]),
+    ),
+    Case(
+        "Positive-exp-LogNormal",
+        lambda: {"x": rb.Positive(jnp.ones(2), prior=dist.LogNormal(0.0, 0.5))},
+        lambda m: m["x"],
+        *_lognormal(0.0, 0.5, 2),
+    ),
+    Case(
+        "Positive-softplus-LogNormal",
+        lambda: {"x": rb.Positive(jnp.ones(2), transform="softplus", prior=dist.LogNormal(0.0, 0.5))},
+        lambda m: m["x"],
+        *_lognormal(0.0, 0.5, 2),
+    ),
+    Case(
+        "Bounded01-Beta",
+        lambda: {"x": rb.Bounded(0.5, lower=0.0, upper=1.0, prior=dist.Beta(2.0, 3.0))},
+        lambda m: m["x"][None],
+        *_beta(2.0, 3.0),
+    ),
+    Case(
+        "Bounded-array-Uniform",
+        lambda: {"x": rb.Bounded(jnp.asarray((LO + HI) / 2), lower=LO, upper=HI, prior=dist.Uniform(LO, HI))},
+        lambda m: m["x"],
+        (LO + HI) / 2,
+        (HI - LO) / math.sqrt(12),
+    ),
     # one-sided bounds: a shifted Gamma(2, 1) written in log_joint (priors are optional)
-    Case("Bounded-lower-Gamma", lambda: {"x": rb.Bounded(3.0, lower=1.0)}, lambda m: m["x"][None],
-         np.array([3.0]), np.array([math.sqrt(2.0)]),
-         log_joint=lambda m: dist.Gamma(2.0, 1.0).log_prob(m["x"] - 1.0)),
-    Case("Bounded-upper-Gamma", lambda: {"x": rb.Bounded(-2.0, upper=0.0)}, lambda m: m["x"][None],
-         np.array([-2.0]), np.array([math.sqrt(2.0)]),
-         log_joint=lambda m: dist.Gamma(2.0, 1.0).log_prob(-m["x"])),
-    Case("Simplex-Dirichlet",
-         lambda: {"x": rb.Simplex(jnp.full(4, 0.25), prior=dist.Dirichlet(jnp.array([1.0, 2.0, 3.0, 4.0])))},
-         lambda m: m["x"], *_dirichlet([1.0, 2.0, 3.0, 4.0])),
-    Case("Ordered-iid-Normal", lambda: {"x": rb.Ordered(jnp.array([-1.0, -0.3, 0.3, 1.0]))}, lambda m: m["x"],
-         *_normal_order_stats(4), log_joint=lambda m: dist.Normal().log_prob(m["x"]).sum()),
-    Case("PositiveOrdered-iid-Exponential", lambda: {"x": rb.PositiveOrdered(jnp.array([0.2, 0.5, 1.0, 2.0]))},
-         lambda m: m["x"], *_exponential_order_stats(4), log_joint=lambda m: dist.Exponential().log_prob(m["x"]).sum()),
-    Case("CorrCholesky-LKJCholesky", lambda: {"x": rb.CorrCholesky(jnp.eye(3), prior=dist.LKJCholesky(3, 2.0))},
-         lambda m: _off_diag(m["x"] @ m["x"].T), *_lkj_offdiag(3, 2.0)),
-    Case("CorrMatrix-LKJ", lambda: {"x": rb.CorrMatrix(jnp.eye(4), prior=dist.LKJ(4, 1.0))},
-         lambda m: _off_diag(m["x"]), *_lkj_offdiag(4, 1.0)),
-    Case("PositiveDefinite-Wishart",
-         lambda: {"x": rb.PositiveDefinite(jnp.asarray(WISHART_DF * WISHART_S),
-                                           prior=dist.Wishart(WISHART_DF, jnp.asarray(WISHART_S)))},
-         lambda m: _lower(m["x"]), *_wishart(WISHART_DF, WISHART_S)),
-    Case("CovCholesky-WishartCholesky",
-         lambda: {"x": rb.CovCholesky(jnp.linalg.cholesky(jnp.asarray(WISHART_DF * WISHART_S)),
-                                      prior=dist.WishartCholesky(WISHART_DF, jnp.asarray(WISHART_S)))},
-         lambda m: _lower(m["x"] @ m["x"].T), *_wishart(WISHART_DF, WISHART_S)),
-    Case("ZeroSum-ZeroSumNormal", lambda: {"x": rb.ZeroSum(jnp.zeros(ZS_N), prior=dist.ZeroSumNormal(ZS_SIGMA, (ZS_N,)))},
-         lambda m: m["x"], np.zeros(ZS_N), np.full(ZS_N, ZS_SIGMA * math.sqrt((ZS_N - 1) / ZS_N))),
-    Case("Constrained-unit_interval-Beta",
-         lambda: {"x": rb.Constrained(0.5, C.unit_interval, prior=dist.Beta(3.0, 1.5))},
-         lambda m: m["x"][None], *_beta(3.0, 1.5)),
+    Case(
+        "Bounded-lower-Gamma",
+        lambda: {"x": rb.Bounded(3.0, lower=1.0)},
+        lambda m: m["x"][None],
+        np.array([3.0]),
+        np.array([math.sqrt(2.0)]),
+        log_joint=lambda m: dist.Gamma(2.0, 1.0).log_prob(m["x"] - 1.0),
+    ),
+    Case(
+        "Bounded-upper-Gamma",
+        lambda: {"x": rb.Bounded(-2.0, upper=0.0)},
+        lambda m: m["x"][None],
+        np.array([-2.0]),
+        np.array([math.sqrt(2.0)]),
+        log_joint=lambda m: dist.Gamma(2.0, 1.0).log_prob(-m["x"]),
+    ),
+    Case(
+        "Simplex-Dirichlet",
+        lambda: {"x": rb.Simplex(jnp.full(4, 0.25), prior=dist.Dirichlet(jnp.array([1.0, 2.0, 3.0, 4.0])))},
+        lambda m: m["x"],
+        *_dirichlet([1.0, 2.0, 3.0, 4.0]),
+    ),
+    Case(
+        "Ordered-iid-Normal",
+        lambda: {"x": rb.Ordered(jnp.array([-1.0, -0.3, 0.3, 1.0]))},
+        lambda m: m["x"],
+        *_normal_order_stats(4),
+        log_joint=lambda m: dist.Normal().log_prob(m["x"]).sum(),
+    ),
+    Case(
+        "PositiveOrdered-iid-Exponential",
+        lambda: {"x": rb.PositiveOrdered(jnp.array([0.2, 0.5, 1.0, 2.0]))},
+        lambda m: m["x"],
+        *_exponential_order_stats(4),
+        log_joint=lambda m: dist.Exponential().log_prob(m["x"]).sum(),
+    ),
+    Case(
+        "CorrCholesky-LKJCholesky",
+        lambda: {"x": rb.CorrCholesky(jnp.eye(3), prior=dist.LKJCholesky(3, 2.0))},
+        lambda m: _off_diag(m["x"] @ m["x"].T),
+        *_lkj_offdiag(3, 2.0),
+    ),
+    Case(
+        "CorrMatrix-LKJ",
+        lambda: {"x": rb.CorrMatrix(jnp.eye(4), prior=dist.LKJ(4, 1.0))},
+        lambda m: _off_diag(m["x"]),
+        *_lkj_offdiag(4, 1.0),
+    ),
+    Case(
+        "PositiveDefinite-Wishart",
+        lambda: {
+            "x": rb.PositiveDefinite(
+                jnp.asarray(WISHART_DF * WISHART_S), prior=dist.Wishart(WISHART_DF, jnp.asarray(WISHART_S))
+            )
+        },
+        lambda m: _lower(m["x"]),
+        *_wishart(WISHART_DF, WISHART_S),
+    ),
+    Case(
+        "CovCholesky-WishartCholesky",
+        lambda: {
+            "x": rb.CovCholesky(
+                jnp.linalg.cholesky(jnp.asarray(WISHART_DF * WISHART_S)),
+                prior=dist.WishartCholesky(WISHART_DF, jnp.asarray(WISHART_S)),
+            )
+        },
+        lambda m: _lower(m["x"] @ m["x"].T),
+        *_wishart(WISHART_DF, WISHART_S),
+    ),
+    Case(
+        "ZeroSum-ZeroSumNormal",
+        lambda: {"x": rb.ZeroSum(jnp.zeros(ZS_N), prior=dist.ZeroSumNormal(ZS_SIGMA, (ZS_N,)))},
+        lambda m: m["x"],
+        np.zeros(ZS_N),
+        np.full(ZS_N, ZS_SIGMA * math.sqrt((ZS_N - 1) / ZS_N)),
+    ),
+    Case(
+        "Constrained-unit_interval-Beta",
+        lambda: {"x": rb.Constrained(0.5, C.unit_interval, prior=dist.Beta(3.0, 1.5))},
+        lambda m: m["x"][None],
+        *_beta(3.0, 1.5),
+    ),
 ]
 
 
@@ -171,8 +244,14 @@ def _run(case, seed):
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     jitter = jax.random.uniform(key_init, (NUM_CHAINS, flat.size), minval=-0.5, maxval=0.5)
     init = jax.vmap(unravel)(flat + jitter)
-    mcmc = MCMC(NUTS(potential_fn=potential), num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
-                num_chains=NUM_CHAINS, chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(potential_fn=potential),
+        num_warmup=NUM_WARMUP,
+        num_samples=NUM_SAMPLES,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(key_run, init_params=init, extra_fields=("diverging",))
     draws = mcmc.get_samples(group_by_chain=True)
     stats = jax.jit(jax.vmap(jax.vmap(lambda p: jnp.ravel(case.stats(rb.unwrap(eqx.combine(p, static)))))))(draws)
@@ -189,9 +268,11 @@ def test_nuts_recovers_prior(case):
     mean, sd = flat.mean(0), flat.std(0, ddof=1)
     ess = np.array([_ess(stats[..., i]) for i in range(stats.shape[-1])])
     mcse = sd / np.sqrt(ess)
-    report = (f"{case.name}\n  mean {np.round(mean, 4)}\n  want {np.round(case.mean, 4)}\n"
-              f"  mcse {np.round(mcse, 4)}\n  sd   {np.round(sd, 4)}\n  want {np.round(case.sd, 4)}\n"
-              f"  ess  {np.round(ess)}")
+    report = (
+        f"{case.name}\n  mean {np.round(mean, 4)}\n  want {np.round(case.mean, 4)}\n"
+        f"  mcse {np.round(mcse, 4)}\n  sd   {np.round(sd, 4)}\n  want {np.round(case.sd, 4)}\n"
+        f"  ess  {np.round(ess)}"
+    )
     assert np.all(ess > 400), report  # otherwise the MCSE itself is unreliable
     assert np.all(np.abs(mean - case.mean) <= MEAN_MCSE * mcse), report
     assert np.all(np.abs(sd / case.sd - 1) <= SD_REL), report

@@ -19,7 +19,12 @@ import pytest
 import reparam_bridge as rb
 from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "posteriordb" / "eight_schools-eight_schools_noncentered.json"
+DATA = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "shared"
+    / "posteriordb"
+    / "eight_schools-eight_schools_noncentered.json"
+)
 
 
 def test_package_imports_without_blackjax():
@@ -127,9 +132,19 @@ def test_blackjax_nuts_reproduces_eight_schools():
     assert summary["r_hat"].max() < 1.02
 
     # and against rb.sample (NumPyro) on the same density: means agree within 5 combined MCSE
-    numpyro_post = rb.sample(_model(), log_joint, y, sigma, key=jax.random.key(2), num_warmup=num_warmup,
-                             num_samples=num_samples, num_chains=num_chains, chain_method="vectorized",
-                             progress_bar=False, target_accept_prob=0.9)
+    numpyro_post = rb.sample(
+        _model(),
+        log_joint,
+        y,
+        sigma,
+        key=jax.random.key(2),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+        target_accept_prob=0.9,
+    )
     other = az.summary(numpyro_post.to_inference_data(), var_names=["mu", "tau"], kind="all")
     for name in ("mu", "tau"):
         se = np.hypot(summary.loc[name, "mcse_mean"], other.loc[name, "mcse_mean"])

@@ -21,8 +21,11 @@ def _model():
 
 
 def _log_joint(m, y):
-    return (dist.Normal(0.0, 10.0).log_prob(m["mu"]) + dist.HalfNormal(5.0).log_prob(m["sigma"])
-            + dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum())
+    return (
+        dist.Normal(0.0, 10.0).log_prob(m["mu"])
+        + dist.HalfNormal(5.0).log_prob(m["sigma"])
+        + dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum()
+    )
 
 
 Y = np.array([0.8, 1.2, 1.0, 0.9, 1.4])
@@ -63,8 +66,17 @@ def test_parallel_chains_over_cpu_devices():
 
 
 def test_sequential_chains_in_process():
-    post = rb.sample(_model(), _log_joint, Y, key=jax.random.key(1), num_warmup=200, num_samples=150,
-                     num_chains=2, chain_method="sequential", progress_bar=False)
+    post = rb.sample(
+        _model(),
+        _log_joint,
+        Y,
+        key=jax.random.key(1),
+        num_warmup=200,
+        num_samples=150,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=False,
+    )
     assert post.mcmc.chain_method == "sequential"
     mu, sigma = np.asarray(post.draws["mu"]), np.asarray(post.draws["sigma"])
     assert mu.shape == (2, 150) and sigma.shape == (2, 150)

@@ -11,7 +11,9 @@ def test_demo_command_writes_a_trace_plot(tmp_path):
     out = tmp_path / "figs"
     proc = subprocess.run(
         [sys.executable, "-m", "reparam_bridge", "demo", "--quick", "--no-progress", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout

@@ -55,8 +55,14 @@ def test_only_unconstrained_arrays_are_free():
         "net": Net([Layer(rb.Positive(jnp.ones(2)), jnp.zeros(2))]),
     }
     free = _free(tree)
-    expected = [tree["c"].unconstrained, tree["mu"].unconstrained, tree["net"].layers[0].weight.unconstrained,
-                tree["net"].layers[0].bias, w, tree["pos"].unconstrained]  # dict keys sorted
+    expected = [
+        tree["c"].unconstrained,
+        tree["mu"].unconstrained,
+        tree["net"].layers[0].weight.unconstrained,
+        tree["net"].layers[0].bias,
+        w,
+        tree["pos"].unconstrained,
+    ]  # dict keys sorted
     assert len(free) == len(expected)
     for a, b in zip(free, expected):
         assert a is b
@@ -66,7 +72,9 @@ def test_only_unconstrained_arrays_are_free():
     assert isinstance(static["pos"].prior, dist.HalfNormal)
     np.testing.assert_array_equal(static["pos"].prior.scale, jnp.ones(3))
     np.testing.assert_array_equal(static["mu"].prior.scale, jnp.full(2, 3.0))
-    assert eqx.tree_equal(static["frozen"], tree["frozen"]) and eqx.tree_equal(static["frozen_leaves"], tree["frozen_leaves"])
+    assert eqx.tree_equal(static["frozen"], tree["frozen"]) and eqx.tree_equal(
+        static["frozen_leaves"], tree["frozen_leaves"]
+    )
     np.testing.assert_array_equal(static["ints"], jnp.arange(3))
     assert static["pos"].kind == "softplus" and static["net"].name == "net"
     # log-densities over the recombined tree are the same
@@ -75,7 +83,11 @@ def test_only_unconstrained_arrays_are_free():
 
 
 def test_grad_through_partition_reaches_only_free_arrays():
-    tree = {"s": rb.Positive(2.0), "b": rb.Bounded(0.5, lower=0.0, upper=jnp.array(1.0)), "k": rb.NonTrainable(jnp.ones(2))}
+    tree = {
+        "s": rb.Positive(2.0),
+        "b": rb.Bounded(0.5, lower=0.0, upper=jnp.array(1.0)),
+        "k": rb.NonTrainable(jnp.ones(2)),
+    }
     params, static = rb.partition(tree)
 
     def f(p):
@@ -165,9 +177,13 @@ def test_log_prior_sums_attached_priors():
         # a prior on a bijector nested as a bound is counted too
         "nested": rb.Bounded(0.5, lower=0.0, upper=rb.Positive(3.0, prior=dist.Exponential(1.0))),
     }
-    expected = (dist.HalfNormal(2.0).log_prob(s).sum() + dist.Dirichlet(jnp.full(3, 2.0)).log_prob(p)
-                + dist.LKJCholesky(2, 3.0).log_prob(L) + dist.Beta(2.0, 5.0).log_prob(0.25)
-                + dist.Exponential(1.0).log_prob(3.0))
+    expected = (
+        dist.HalfNormal(2.0).log_prob(s).sum()
+        + dist.Dirichlet(jnp.full(3, 2.0)).log_prob(p)
+        + dist.LKJCholesky(2, 3.0).log_prob(L)
+        + dist.Beta(2.0, 5.0).log_prob(0.25)
+        + dist.Exponential(1.0).log_prob(3.0)
+    )
     np.testing.assert_allclose(rb.log_prior(tree), expected, rtol=1e-5)
     assert rb.log_prior({"x": jnp.ones(2), "r": rb.Real(0.0)}) == 0.0
 
@@ -185,16 +201,21 @@ def test_log_density_is_the_density_of_the_free_arrays(x64):
 
 def test_log_density_adds_likelihood_prior_and_jacobian(x64):
     x = jnp.linspace(0.1, 2.0, 7)
-    y = 1.5 * x ** 0.5 + 0.1 * jnp.sin(7 * x)
-    tree = {"amp": rb.Positive(1.2, prior=dist.HalfNormal(2.0)), "pow": rb.Bounded(0.4, lower=0.0, upper=1.0),
-            "noise": rb.Positive(0.3, transform="softplus", prior=dist.Exponential(1.0))}
+    y = 1.5 * x**0.5 + 0.1 * jnp.sin(7 * x)
+    tree = {
+        "amp": rb.Positive(1.2, prior=dist.HalfNormal(2.0)),
+        "pow": rb.Bounded(0.4, lower=0.0, upper=1.0),
+        "noise": rb.Positive(0.3, transform="softplus", prior=dist.Exponential(1.0)),
+    }
 
     def log_joint(m, x, y):
         return dist.Normal(m["amp"] * x ** m["pow"], m["noise"]).log_prob(y).sum()
 
     m = rb.unwrap(tree)
     lp = dist.HalfNormal(2.0).log_prob(m["amp"]) + dist.Exponential(1.0).log_prob(m["noise"])
-    np.testing.assert_allclose(rb.log_density(log_joint, tree, x, y, jacobian=False), log_joint(m, x, y) + lp, rtol=1e-12)
+    np.testing.assert_allclose(
+        rb.log_density(log_joint, tree, x, y, jacobian=False), log_joint(m, x, y) + lp, rtol=1e-12
+    )
     full = rb.log_density(log_joint, tree, x, y)
     np.testing.assert_allclose(full, log_joint(m, x, y) + lp + jacfwd_logdet(tree, identity), rtol=1e-12)
     # differentiable and jittable over the free arrays
@@ -243,7 +264,9 @@ def test_distributions_on_a_module_are_not_posterior_variables():
         mu: rb.Real
         c: rb.NonTrainable
 
-    names = [name for name, _ in random_nodes(M(dist.Normal(jnp.zeros(3), 1.0), rb.Real(0.0), rb.NonTrainable(jnp.ones(2))))]
+    names = [
+        name for name, _ in random_nodes(M(dist.Normal(jnp.zeros(3), 1.0), rb.Real(0.0), rb.NonTrainable(jnp.ones(2))))
+    ]
     assert names == ["mu"]
 
 
@@ -268,8 +291,10 @@ def test_refs_inside_one_wrapper_and_bare_refs_resolve():
     values = rb.unwrap(tree)
     assert float(values["p"]["x"]) == pytest.approx(3.0)  # 4 - exp(0)
     assert float(values["alias"]) == pytest.approx(3.0)
-    loop = {"a": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("b")),
-            "b": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("a"))}
+    loop = {
+        "a": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("b")),
+        "b": rb.Bounded.from_unconstrained(0.0, upper=rb.Ref("a")),
+    }
     with pytest.raises(ValueError, match="circular"):
         rb.unwrap(loop)
 
@@ -280,8 +305,10 @@ def test_a_frozen_node_holding_a_ref_is_refused_for_sampling():
 
     import reparam_bridge as rb
 
-    tree = {"mu": rb.Real(1.0),
-            "theta": rb.NonTrainable(rb.LocScale.from_unconstrained(jnp.array(0.5), rb.Ref("mu"), 1.0, centered=0.0))}
+    tree = {
+        "mu": rb.Real(1.0),
+        "theta": rb.NonTrainable(rb.LocScale.from_unconstrained(jnp.array(0.5), rb.Ref("mu"), 1.0, centered=0.0)),
+    }
     with pytest.raises(TypeError, match="'theta'.*holds an rb.Ref"):
         rb.log_density(lambda m: 0.0, tree)
     assert jnp.isfinite(rb.log_density(lambda m: 0.0, tree, jacobian=False))

@@ -44,6 +44,7 @@ TUTORIAL_PAGES = {  # script -> page source under docs/
     "02_eight_schools_geometry.py": "tutorials/02_eight_schools.md",
     "03_numpyro_random_module.py": "tutorials/03_numpyro.md",
     "04_custom_bijector.py": "tutorials/04_custom_bijector.md",
+    "05_neutra.py": "tutorials/05_neutra.md",
 }
 INDIGO = (63, 81, 181)  # mkdocs-material's "indigo" primary colour, the header bar
 
@@ -57,7 +58,8 @@ def test_every_tutorial_has_a_page_with_its_figures():
         for name in EXPECTED[script]:
             png = DOCS / "tutorials" / "figures" / name
             assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (
-                f"{png.relative_to(REPO)} is missing: run `python tutorials/{script} --out docs/tutorials/figures`")
+                f"{png.relative_to(REPO)} is missing: run `python tutorials/{script} --out docs/tutorials/figures`"
+            )
             assert f"(figures/{name})" in text, f"{page} does not show {name}"
 
 
@@ -68,8 +70,12 @@ def _chromium() -> str | None:
 
 def _missing() -> list[str]:
     missing = []
-    for module, what in [("mkdocs", "mkdocs"), ("material", "mkdocs-material"),
-                         ("mkdocstrings_handlers.python", "mkdocstrings[python]"), ("PIL", "pillow")]:
+    for module, what in [
+        ("mkdocs", "mkdocs"),
+        ("material", "mkdocs-material"),
+        ("mkdocstrings_handlers.python", "mkdocstrings[python]"),
+        ("PIL", "pillow"),
+    ]:
         try:
             __import__(module)
         except ImportError:
@@ -91,8 +97,14 @@ def site(tmp_path_factory) -> Path:
         assert (path / "index.html").exists(), f"RB_DOCS_SITE={path} holds no built site"
         return path
     path = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return path
 
@@ -153,20 +165,35 @@ def shots(tmp_path_factory) -> Path:
 
 
 def _chrome(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"chromium failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
 
 
 @pytest.mark.docs
-@pytest.mark.parametrize("name, path", [
-    ("home", "/"),
-    ("api_bijectors", "/api/bijectors/"),
-    ("tutorial_eight_schools", "/tutorials/02_eight_schools/"),
-])
+@pytest.mark.parametrize(
+    "name, path",
+    [
+        ("home", "/"),
+        ("api_bijectors", "/api/bijectors/"),
+        ("tutorial_eight_schools", "/tutorials/02_eight_schools/"),
+    ],
+)
 def test_screenshot_is_not_blank(name, path, server, shots, tmp_path):
     from PIL import Image, ImageStat
 
@@ -179,10 +206,12 @@ def test_screenshot_is_not_blank(name, path, server, shots, tmp_path):
     grey = ImageStat.Stat(image.convert("L"))
     colours = len(image.getcolors(maxcolors=1 << 20) or [])
     assert grey.stddev[0] > 15 and colours > 200, (
-        f"{path} looks blank: grey-level sd {grey.stddev[0]:.1f}, {colours} colours ({png})")
+        f"{path} looks blank: grey-level sd {grey.stddev[0]:.1f}, {colours} colours ({png})"
+    )
     header = image.getpixel((640, 20))  # the header bar, away from the logo and the search box
     assert all(abs(a - b) <= 12 for a, b in zip(header, INDIGO)), (
-        f"{path}: header pixel {header}, expected the theme's indigo {INDIGO}: was the CSS served? ({png})")
+        f"{path}: header pixel {header}, expected the theme's indigo {INDIGO}: was the CSS served? ({png})"
+    )
 
 
 def _img_check(server: str, page: str, profile: Path) -> dict:
@@ -220,8 +249,9 @@ def test_every_public_name_has_an_api_entry(site):
         obj = getattr(rb, name)
         if isinstance(obj, types.ModuleType):  # a submodule: its page, and each of its names
             assert (site / "api" / name / "index.html").exists(), f"no API page for rb.{name}"
-            missing += [f"{name}.{n}" for n in getattr(obj, "__all__", [])
-                        if f'id="reparam_bridge.{name}.{n}"' not in api]
+            missing += [
+                f"{name}.{n}" for n in getattr(obj, "__all__", []) if f'id="reparam_bridge.{name}.{n}"' not in api
+            ]
         elif f'id="reparam_bridge.{name}"' not in api:
             missing.append(name)
     assert not missing, f"public names without an API entry: {missing}"

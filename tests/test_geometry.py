@@ -75,17 +75,32 @@ def small_comparison():
     def log_joint(m):
         return dist.Normal(0.0, jnp.array([1.0, 10.0])).log_prob(m["x"]).sum()
 
-    models = {"plain": ({"x": rb.Real(jnp.zeros(2))}, log_joint),
-              "scaled": ({"x": rb.LocScale(jnp.zeros(2), 0.0, jnp.array([1.0, 10.0]), centered=0.0)}, log_joint)}
-    return rb.geometry.compare(models, key=jax.random.key(0), num_warmup=200, num_samples=300,
-                               num_chains=2, return_posteriors=True)
+    models = {
+        "plain": ({"x": rb.Real(jnp.zeros(2))}, log_joint),
+        "scaled": ({"x": rb.LocScale(jnp.zeros(2), 0.0, jnp.array([1.0, 10.0]), centered=0.0)}, log_joint),
+    }
+    return rb.geometry.compare(
+        models, key=jax.random.key(0), num_warmup=200, num_samples=300, num_chains=2, return_posteriors=True
+    )
 
 
 def test_compare_table(small_comparison):
     table, posteriors = small_comparison
-    cols = {"divergences", "min_ess_bulk", "min_ess_tail", "ess_per_grad", "ess_per_second", "step_size",
-            "mean_tree_depth", "max_rhat", "condition_number", "condition_number_scaled", "n_grad",
-            "seconds", "ess_per_grad_ratio"}
+    cols = {
+        "divergences",
+        "min_ess_bulk",
+        "min_ess_tail",
+        "ess_per_grad",
+        "ess_per_second",
+        "step_size",
+        "mean_tree_depth",
+        "max_rhat",
+        "condition_number",
+        "condition_number_scaled",
+        "n_grad",
+        "seconds",
+        "ess_per_grad_ratio",
+    }
     assert cols <= set(table.columns) and list(table.index) == ["plain", "scaled"]
     # condition numbers from draws: ~100 for the raw scales (covariance), ~1 after the rescaling
     assert 40 < table.loc["plain", "condition_number"] < 250
@@ -146,8 +161,12 @@ class Schools(eqx.Module):
 
 
 def schools_log_joint(m, y, sigma):
-    return (dist.Normal(0.0, 5.0).log_prob(m.mu) + dist.HalfCauchy(5.0).log_prob(m.tau)
-            + dist.Normal(m.mu, m.tau).log_prob(m.theta).sum() + dist.Normal(m.theta, sigma).log_prob(y).sum())
+    return (
+        dist.Normal(0.0, 5.0).log_prob(m.mu)
+        + dist.HalfCauchy(5.0).log_prob(m.tau)
+        + dist.Normal(m.mu, m.tau).log_prob(m.theta).sum()
+        + dist.Normal(m.theta, sigma).log_prob(y).sum()
+    )
 
 
 def schools(centered):
@@ -160,7 +179,12 @@ def schools(centered):
 def test_eight_schools_non_centred_beats_centred():
     table = rb.geometry.compare(
         {"centred": (schools(1.0), schools_log_joint), "non-centred": (schools(0.0), schools_log_joint)},
-        Y, SIGMA, key=jax.random.key(0), num_warmup=1000, num_samples=1000, num_chains=4,
+        Y,
+        SIGMA,
+        key=jax.random.key(0),
+        num_warmup=1000,
+        num_samples=1000,
+        num_chains=4,
     )
     print(table.T.to_string())
     assert table.loc["centred", "divergences"] > 10  # the funnel shows

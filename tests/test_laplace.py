@@ -94,8 +94,7 @@ def test_draws_model_type_and_inference_data():
     assert set(idata.posterior.data_vars) == {"loc", "scale"}
     assert idata.posterior["scale"].shape == (2, 200)
     unc = approx.sample_unconstrained(jax.random.key(1), 500, num_chains=2)
-    np.testing.assert_allclose(rb.unwrap(unc.scale.from_unconstrained(unc.scale.unconstrained)), draws.scale,
-                               rtol=1e-5)
+    np.testing.assert_allclose(rb.unwrap(unc.scale.from_unconstrained(unc.scale.unconstrained)), draws.scale, rtol=1e-5)
 
 
 def test_optimize_false_warns_off_mode_and_refuses_constraints():

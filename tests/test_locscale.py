@@ -20,8 +20,11 @@ CS = [0.0, 0.3, 0.5, 1.0]
 
 def hier(c, theta=None, mu=0.7, tau=1.8):
     theta = jnp.array([1.5, -0.4, 2.2]) if theta is None else theta
-    centred = {"mu": rb.Real(mu), "tau": rb.Positive(tau),
-               "theta": rb.LocScale(theta, rb.Ref("mu"), rb.Ref("tau"), centered=1.0)}
+    centred = {
+        "mu": rb.Real(mu),
+        "tau": rb.Positive(tau),
+        "theta": rb.LocScale(theta, rb.Ref("mu"), rb.Ref("tau"), centered=1.0),
+    }
     return rb.reparameterize(centred, lambda m: m["theta"], centered=c)
 
 
@@ -55,8 +58,12 @@ def test_log_det_jacobian_matches_jacfwd_with_refs(c, x64):
 
 @pytest.mark.parametrize("c", CS)
 def test_log_det_jacobian_matches_jacfwd_with_nested_wrappers(c, x64):
-    tree = rb.LocScale(jnp.array([0.3, -2.0]), loc=rb.Real(jnp.array([0.5, 1.0])),
-                       scale=rb.Positive(jnp.array([0.7, 3.0]), transform="softplus"), centered=c)
+    tree = rb.LocScale(
+        jnp.array([0.3, -2.0]),
+        loc=rb.Real(jnp.array([0.5, 1.0])),
+        scale=rb.Positive(jnp.array([0.7, 3.0]), transform="softplus"),
+        centered=c,
+    )
     params, static = rb.partition(tree)
     flat, unravel = ravel_pytree(params)
     assert flat.shape == (6,)
@@ -99,7 +106,8 @@ def test_log_joint_is_unchanged_by_centredness():
         t = hier(c)
         np.testing.assert_allclose(
             rb.log_density(log_joint, t) - rb.log_density(log_joint, t, jacobian=False),
-            (1 - c) * 3 * np.log(1.8) + np.log(1.8), rtol=1e-5,
+            (1 - c) * 3 * np.log(1.8) + np.log(1.8),
+            rtol=1e-5,
         )
 
 
@@ -173,12 +181,23 @@ def test_prior_only_hierarchical_normal_moments(c):
     from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter
 
     def log_joint(m):
-        return (dist.Normal(0.0, 1.0).log_prob(m["mu"]) + dist.LogNormal(0.0, 0.5).log_prob(m["tau"])
-                + dist.Normal(m["mu"], m["tau"]).log_prob(m["theta"]).sum())
+        return (
+            dist.Normal(0.0, 1.0).log_prob(m["mu"])
+            + dist.LogNormal(0.0, 0.5).log_prob(m["tau"])
+            + dist.Normal(m["mu"], m["tau"]).log_prob(m["theta"]).sum()
+        )
 
     model = hier(c, theta=jnp.zeros(3), mu=0.0, tau=1.0)
-    post = rb.sample(model, log_joint, key=jax.random.key(3), num_warmup=500, num_samples=1000,
-                     num_chains=4, progress_bar=False, target_accept_prob=0.95)
+    post = rb.sample(
+        model,
+        log_joint,
+        key=jax.random.key(3),
+        num_warmup=500,
+        num_samples=1000,
+        num_chains=4,
+        progress_bar=False,
+        target_accept_prob=0.95,
+    )
     draws = post.draws
     # The centred form keeps a (mild) funnel, so a few divergences are its nature (that is
     # what tutorial 02 measures); the moments must be right all the same.

@@ -20,9 +20,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoNormal
 from numpyro.infer.util import log_density
 
 import reparam_bridge as rb
-
 from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
-
 
 # -- a GP regression: positive kernel hyperparameters, a small linear mean function --------
 
@@ -66,8 +64,11 @@ def make_model(kernel, prior=MEAN_PRIORS):
 
 def log_joint(k, x, y):
     """The same posterior written for rb.sample: the mean-function priors are in here."""
-    return (gp_dist(k, x).log_prob(y) + dist.Normal(0.0, 1.0).log_prob(k.mean.weight).sum()
-            + dist.Normal(0.0, 1.0).log_prob(k.mean.bias).sum())
+    return (
+        gp_dist(k, x).log_prob(y)
+        + dist.Normal(0.0, 1.0).log_prob(k.mean.weight).sum()
+        + dist.Normal(0.0, 1.0).log_prob(k.mean.bias).sum()
+    )
 
 
 def random_point(module, key, scale=0.7):
@@ -97,7 +98,9 @@ def test_sites_and_log_density_equal_rb_log_density(x64):
     x, y = data()
     kernel = make_kernel()
     model = make_model(kernel)
-    tr = numpyro.handlers.trace(numpyro.handlers.substitute(model, rb.numpyro.init_values("gp", kernel))).get_trace(x, y)
+    tr = numpyro.handlers.trace(numpyro.handlers.substitute(model, rb.numpyro.init_values("gp", kernel))).get_trace(
+        x, y
+    )
     kinds = {k: (s["type"], s.get("is_observed")) for k, s in tr.items()}
     assert kinds == {
         "gp.lengthscale.unconstrained": ("sample", False),
@@ -146,7 +149,8 @@ def test_prior_callable_and_override(x64):
     lp, _ = log_density(model, (x, y), {}, rb.numpyro.init_values("gp", point))
     assert seen == {"mean.weight": (1, 1), "mean.bias": (1,), "lengthscale": (), "amplitude": ()}
     replaced = eqx.tree_at(
-        lambda k: k.lengthscale, point,
+        lambda k: k.lengthscale,
+        point,
         rb.Positive.from_unconstrained(point.lengthscale.unconstrained, prior=dist.Gamma(2.0, 2.0)),
     )
     np.testing.assert_allclose(float(lp), float(rb.log_density(log_joint, replaced, x, y)), atol=1e-5)
@@ -172,8 +176,11 @@ def test_nested_bijectors_refs_and_root(x64):
     values = rb.numpyro.init_values("t", point)
     assert set(values) == {"t.a.unconstrained", "t.b.unconstrained", "t.c.unconstrained", "t.c.lower.unconstrained"}
     lp, tr = log_density(model, (), {}, values)
-    with_prior = eqx.tree_at(lambda t: t["c"].lower, point, rb.Positive.from_unconstrained(
-        point["c"].lower.unconstrained, prior=dist.LogNormal(0.0, 1.0)))
+    with_prior = eqx.tree_at(
+        lambda t: t["c"].lower,
+        point,
+        rb.Positive.from_unconstrained(point["c"].lower.unconstrained, prior=dist.LogNormal(0.0, 1.0)),
+    )
     np.testing.assert_allclose(float(lp), float(rb.log_density(lj, with_prior)), atol=1e-5)
     assert {k for k, s in tr.items() if s["type"] == "deterministic"} == {"t.a", "t.b", "t.c"}
     assert 0.0 < float(tr["t.b"]["value"]) < float(tr["t.a"]["value"])
@@ -185,7 +192,7 @@ def test_nested_bijectors_refs_and_root(x64):
 
     lp, tr = log_density(root_model, (), {}, {"s.unconstrained": jnp.array(0.2)})
     assert tr["s"]["type"] == "deterministic"
-    expected = (dist.HalfNormal(1.0).log_prob(jnp.exp(0.2)) + 0.2 + dist.Normal(0.0, jnp.exp(0.2)).log_prob(0.5))
+    expected = dist.HalfNormal(1.0).log_prob(jnp.exp(0.2)) + 0.2 + dist.Normal(0.0, jnp.exp(0.2)).log_prob(0.5)
     np.testing.assert_allclose(float(lp), float(expected), atol=1e-6)
 
 
@@ -196,8 +203,14 @@ def test_nested_bijectors_refs_and_root(x64):
 def gp_mcmc():
     x, y = data()
     kernel = make_kernel()
-    mcmc = MCMC(NUTS(make_model(kernel)), num_warmup=200, num_samples=200, num_chains=2,
-                chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(make_model(kernel)),
+        num_warmup=200,
+        num_samples=200,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.key(0), x, y)
     return mcmc, kernel
 
@@ -233,8 +246,9 @@ def test_mcmc_starts_from_init_values():
     kernel = make_kernel()
     start = eqx.tree_at(lambda k: k.lengthscale, kernel, rb.Positive(1.7, prior=dist.LogNormal(0.0, 0.5)))
     init = numpyro.infer.init_to_value(values=rb.numpyro.init_values("gp", start))
-    info = numpyro.infer.util.initialize_model(jax.random.key(0), make_model(kernel), init_strategy=init,
-                                               model_args=(x, y))[0]
+    info = numpyro.infer.util.initialize_model(
+        jax.random.key(0), make_model(kernel), init_strategy=init, model_args=(x, y)
+    )[0]
     np.testing.assert_allclose(info.z["gp.lengthscale.unconstrained"], np.log(1.7), rtol=1e-5)
     np.testing.assert_allclose(info.z["gp.mean.weight"], kernel.mean.weight, rtol=1e-6)
 
@@ -279,9 +293,11 @@ def test_module_trains_network_with_svi():
     key = jax.random.key(0)
     x = jnp.linspace(-2.0, 2.0, 40)
     y = jnp.tanh(2 * x) + 0.05 * jax.random.normal(key, x.shape)
-    net = {"f": eqx.nn.MLP(1, 1, 8, 1, activation=jnp.tanh, key=jax.random.key(2)),
-           "sigma": rb.Positive(1.0, prior=dist.HalfNormal(1.0)),
-           "g": rb.WeightNormalization(jnp.ones((1, 1)))}  # no Jacobian needed for point estimates
+    net = {
+        "f": eqx.nn.MLP(1, 1, 8, 1, activation=jnp.tanh, key=jax.random.key(2)),
+        "sigma": rb.Positive(1.0, prior=dist.HalfNormal(1.0)),
+        "g": rb.WeightNormalization(jnp.ones((1, 1))),
+    }  # no Jacobian needed for point estimates
 
     def model(x, y):
         m = rb.numpyro.module("net", net)
@@ -342,12 +358,29 @@ def test_posterior_agrees_with_rb_sample():
     constrained quantity's mean within 5 MCSE (ArviZ ESS) and sd within 10%."""
     x, y = data()
     kernel = make_kernel()
-    mcmc = MCMC(NUTS(make_model(kernel), target_accept_prob=0.9), num_warmup=500, num_samples=1500,
-                num_chains=4, chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(make_model(kernel), target_accept_prob=0.9),
+        num_warmup=500,
+        num_samples=1500,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.key(11), x, y)
     native = mcmc.get_samples(group_by_chain=True)
-    post = rb.sample(kernel, log_joint, x, y, key=jax.random.key(12), num_warmup=500, num_samples=1500,
-                     num_chains=4, chain_method="vectorized", progress_bar=False, target_accept_prob=0.9)
+    post = rb.sample(
+        kernel,
+        log_joint,
+        x,
+        y,
+        key=jax.random.key(12),
+        num_warmup=500,
+        num_samples=1500,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+        target_accept_prob=0.9,
+    )
     assert int(np.sum(mcmc.get_extra_fields()["diverging"])) < 60  # < 1% of 6000
     assert int(np.sum(post.sample_stats["diverging"])) < 60
     d = post.draws

@@ -16,7 +16,6 @@ from scipy import stats
 import reparam_bridge as rb
 from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
-
 STATS = ("diverging", "n_steps", "tree_depth", "energy", "step_size", "acceptance_rate", "lp")
 X = jnp.linspace(-1.0, 1.0, 12)
 Y = 0.3 + 0.8 * X + 0.2 * jnp.sin(7.0 * X)  # deterministic "noise"
@@ -30,7 +29,7 @@ class Regression(eqx.Module):
 
 def make_model(mu=0.0, sigma=1.0, weight=0.5):
     linear = eqx.nn.Linear(1, 1, use_bias=False, key=jax.random.key(0))
-    linear = eqx.tree_at(lambda l: l.weight, linear, jnp.full((1, 1), weight))
+    linear = eqx.tree_at(lambda lin: lin.weight, linear, jnp.full((1, 1), weight))
     return Regression(rb.Real(mu), rb.Positive(sigma), [linear])
 
 
@@ -52,9 +51,19 @@ def log_joint(m, x, y):
 
 
 def run(model=None, *, num_warmup=200, num_samples=200, num_chains=2, seed=0, **kw):
-    return rb.sample(model if model is not None else make_model(), log_joint, X, Y, key=jax.random.key(seed),
-                     num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                     chain_method="vectorized", progress_bar=False, **kw)
+    return rb.sample(
+        model if model is not None else make_model(),
+        log_joint,
+        X,
+        Y,
+        key=jax.random.key(seed),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +87,9 @@ class Counting:
 
 
 def sample_with(model, fn, *args, **kw):
-    return rb.sample(model, fn, *args, key=jax.random.key(0), num_warmup=10, num_samples=10,
-                     num_chains=2, progress_bar=False, **kw)
+    return rb.sample(
+        model, fn, *args, key=jax.random.key(0), num_warmup=10, num_samples=10, num_chains=2, progress_bar=False, **kw
+    )
 
 
 def test_no_free_arrays():
@@ -175,10 +185,23 @@ def test_unknown_kernel_name():
 def test_explicit_per_chain_init():
     inits = [make_model(-1.0, 0.5, 2.0), make_model(1.5, 2.0, -1.0)]
     # no warmup, one tiny HMC step: the first draw is (almost) the initial point
-    post = run(init=inits, num_warmup=0, num_samples=1, kernel="hmc", num_steps=1, trajectory_length=None, step_size=1e-6,
-               adapt_step_size=False, adapt_mass_matrix=False)
+    post = run(
+        init=inits,
+        num_warmup=0,
+        num_samples=1,
+        kernel="hmc",
+        num_steps=1,
+        trajectory_length=None,
+        step_size=1e-6,
+        adapt_step_size=False,
+        adapt_mass_matrix=False,
+    )
     for chain, m in enumerate(inits):
-        for got, want in [(post.draws.mu, m.mu), (post.draws.sigma, m.sigma), (post.draws.layers[0].weight, m.layers[0].weight)]:
+        for got, want in [
+            (post.draws.mu, m.mu),
+            (post.draws.sigma, m.sigma),
+            (post.draws.layers[0].weight, m.layers[0].weight),
+        ]:
             np.testing.assert_allclose(got[chain, 0], rb.unwrap(want), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="init"):
         run(init=inits[:1])
@@ -243,11 +266,24 @@ def test_mlp_inside_the_model_is_named_by_paths():
 
     def lj(m, x, y):
         pred = jax.vmap(m.mlp)(x[:, None])[:, 0]
-        prior = sum(dist.Normal(0.0, 1.0).log_prob(w).sum() for w in jax.tree_util.tree_leaves(eqx.filter(m.mlp, eqx.is_inexact_array)))
+        prior = sum(
+            dist.Normal(0.0, 1.0).log_prob(w).sum()
+            for w in jax.tree_util.tree_leaves(eqx.filter(m.mlp, eqx.is_inexact_array))
+        )
         return prior + dist.HalfNormal(1.0).log_prob(m.scale) + dist.Normal(pred, m.scale).log_prob(y).sum()
 
-    post = rb.sample(model, lj, X, Y, key=jax.random.key(0), num_warmup=5, num_samples=10, num_chains=1,
-                     progress_bar=False, max_tree_depth=2)
+    post = rb.sample(
+        model,
+        lj,
+        X,
+        Y,
+        key=jax.random.key(0),
+        num_warmup=5,
+        num_samples=10,
+        num_chains=1,
+        progress_bar=False,
+        max_tree_depth=2,
+    )
     names = set(post.to_inference_data().posterior.data_vars)
     assert names == {"scale", "mlp.layers.0.weight", "mlp.layers.0.bias", "mlp.layers.1.weight", "mlp.layers.1.bias"}
     assert post.draws.mlp.layers[0].weight.shape == (1, 10, 2, 1)
@@ -305,8 +341,9 @@ def test_resume_leaves_the_original_posterior_untouched_and_chains_contiguous():
     import reparam_bridge as rb
 
     lj = lambda m: dist.Normal().log_prob(m["a"])  # noqa: E731
-    post = rb.sample({"a": rb.Real(0.0)}, lj, key=jax.random.key(0), num_warmup=100, num_samples=50,
-                     num_chains=2, progress_bar=False)
+    post = rb.sample(
+        {"a": rb.Real(0.0)}, lj, key=jax.random.key(0), num_warmup=100, num_samples=50, num_chains=2, progress_bar=False
+    )
     before = np.asarray(post.draws["a"]).copy()
     first, again = post.resume(20), post.resume(20)
     assert first.num_draws == again.num_draws == 70
@@ -324,7 +361,16 @@ def test_non_hmc_kernels_run_without_hmc_only_statistics():
     import reparam_bridge as rb
 
     lj = lambda m: dist.Normal().log_prob(m["a"])  # noqa: E731
-    post = rb.sample({"a": rb.Real(0.0)}, lj, key=jax.random.key(0), num_warmup=100, num_samples=50,
-                     num_chains=2, chain_method="sequential", kernel=numpyro.infer.BarkerMH, progress_bar=False)
+    post = rb.sample(
+        {"a": rb.Real(0.0)},
+        lj,
+        key=jax.random.key(0),
+        num_warmup=100,
+        num_samples=50,
+        num_chains=2,
+        chain_method="sequential",
+        kernel=numpyro.infer.BarkerMH,
+        progress_bar=False,
+    )
     assert post.draws["a"].shape == (2, 50)
     assert "posterior" in az.groups(post.to_inference_data())

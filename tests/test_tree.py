@@ -120,8 +120,12 @@ def test_one_pass_density_is_the_sum_of_its_terms(x64):
 
 
 def test_derived_methods_agree_with_the_one_pass_form(x64):
-    for node in (OnePass(jnp.array([0.2, -1.0])), TwoMethods(jnp.array([0.2, -1.0])),
-                 rb.CorrCholesky(jnp.eye(3)), rb.Simplex(jnp.array([0.2, 0.3, 0.5]))):
+    for node in (
+        OnePass(jnp.array([0.2, -1.0])),
+        TwoMethods(jnp.array([0.2, -1.0])),
+        rb.CorrCholesky(jnp.eye(3)),
+        rb.Simplex(jnp.array([0.2, 0.3, 0.5])),
+    ):
         value, log_det = node.unwrap_and_log_det()
         np.testing.assert_allclose(value, node.unwrap(), rtol=1e-12)
         np.testing.assert_allclose(log_det, node.log_det_jacobian(), rtol=1e-12)
@@ -176,8 +180,12 @@ def test_walk_and_fold_see_the_same_paths():
     }
     walked = [(p, type(n).__name__, frozen) for p, n, frozen in _tree.walk(tree)]
     assert walked == [
-        ("b", "Bounded", False), ("b.lower", "Positive", False), ("b.upper", "NonTrainable", True),
-        ("frozen", "NonTrainable", True), ("frozen.tree", "Real", True), ("s", "Positive", False),
+        ("b", "Bounded", False),
+        ("b.lower", "Positive", False),
+        ("b.upper", "NonTrainable", True),
+        ("frozen", "NonTrainable", True),
+        ("frozen.tree", "Real", True),
+        ("s", "Positive", False),
     ]
     folded = []
     _tree.fold(tree, lambda v: folded.append((v.path, type(v.node).__name__, v.frozen)) or v.inner.unwrap())
@@ -193,8 +201,12 @@ def test_apply_leaves_refs_in_place():
 
 
 def test_free_filter_is_the_one_frozen_decision():
-    tree = {"w": jnp.ones(2), "f": rb.NonTrainable(jnp.ones(2)), "p": rb.Real(0.0, prior=dist.Normal(0.0, 1.0)),
-            "n": jnp.arange(3)}
+    tree = {
+        "w": jnp.ones(2),
+        "f": rb.NonTrainable(jnp.ones(2)),
+        "p": rb.Real(0.0, prior=dist.Normal(0.0, 1.0)),
+        "n": jnp.arange(3),
+    }
     spec = _tree.free_filter(tree)
     assert spec["w"] is True and spec["f"] is False and spec["n"] is False
     assert spec["p"].unconstrained is True and spec["p"].prior is False

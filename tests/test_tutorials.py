@@ -17,12 +17,25 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 EXPECTED = {
     "01_power_law_map_then_nuts.py": ["01_trace.png", "01_predictive.png"],
-    "02_eight_schools_geometry.py": ["02_elbo_vs_centredness.png", "02_funnel_centred.png",
-                                     "02_funnel_noncentred.png", "02_sampler_coordinates_centred.png",
-                                     "02_sampler_coordinates_noncentred.png", "02_trace_centred.png",
-                                     "02_condition_numbers.png"],
+    "02_eight_schools_geometry.py": [
+        "02_learned_centredness.png",
+        "02_funnel_learned.png",
+        "02_funnel_centred.png",
+        "02_funnel_noncentred.png",
+        "02_sampler_coordinates_centred.png",
+        "02_sampler_coordinates_noncentred.png",
+        "02_trace_centred.png",
+        "02_condition_numbers.png",
+    ],
     "03_numpyro_random_module.py": ["03_gp_fit.png", "03_hyperparameters.png"],
     "04_custom_bijector.py": ["04_b_below_a.png", "04_trace.png"],
+    "05_neutra.py": [
+        "05_funnel_plain.png",
+        "05_funnel_neutra.png",
+        "05_funnel_base_coordinates.png",
+        "05_funnel_condition_numbers.png",
+        "05_bnn_predictive.png",
+    ],
 }
 
 
@@ -34,8 +47,13 @@ def test_every_tutorial_is_listed():
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_tutorial_runs_in_fast_mode(script, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(TUTORIALS / script), "--fast", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(TUTORIALS / script), "--fast", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     for name in EXPECTED[script]:
         path = tmp_path / name

@@ -47,6 +47,7 @@ def test_nested_unwrap_innermost_first_matches_paramax():
         def f(*a, **k):
             calls.append(name)
             return fn(*a, **k)
+
         return f
 
     def build(P):
@@ -74,8 +75,7 @@ def test_unwrap_inside_equinox_module_matches_paramax():
     lin = eqx.nn.Linear(3, 2, key=key)
 
     def wrap(P, W):
-        return eqx.tree_at(lambda m: (m.weight, m.bias), lin,
-                           (W(lin.weight), P(jnp.exp, lin.bias)))
+        return eqx.tree_at(lambda m: (m.weight, m.bias), lin, (W(lin.weight), P(jnp.exp, lin.bias)))
 
     ours = rb.unwrap(wrap(rb.Parameterize, rb.WeightNormalization))
     theirs = paramax.unwrap(wrap(paramax.Parameterize, paramax.WeightNormalization))
@@ -97,6 +97,7 @@ def test_non_trainable_stops_gradient_like_paramax():
         def f(tree):
             t = unwrap(tree)
             return jnp.sum(t["frozen"] ** 2 + t["free"] ** 2)
+
         return f
 
     g_ours = jax.grad(loss(rb.unwrap))({"frozen": rb.NonTrainable(w), "free": w})
@@ -169,8 +170,9 @@ def test_vmapped_construction_equals_one_at_a_time():
     vm_ours, vm_theirs = eqx.filter_vmap(make_ours)(keys), eqx.filter_vmap(make_theirs)(keys)
     singles = [make_ours(k) for k in keys]
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[eqx.filter(s, eqx.is_array) for s in singles])
-    for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(vm_ours, eqx.is_array)), jax.tree_util.tree_leaves(stacked),
-                    strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(vm_ours, eqx.is_array)), jax.tree_util.tree_leaves(stacked), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     np.testing.assert_allclose(rb.unwrap(vm_ours), jnp.stack([rb.unwrap(s) for s in singles]), rtol=1e-6)
     np.testing.assert_array_equal(rb.unwrap(vm_ours), paramax.unwrap(vm_theirs))
@@ -186,8 +188,9 @@ def test_vmapped_construction_equals_one_at_a_time():
     np.testing.assert_allclose(rb.unwrap(vm), simplexes, rtol=1e-5, atol=1e-6)
     us = jax.random.normal(jax.random.key(5), (4, 3))
     vm = eqx.filter_vmap(rb.CorrCholesky.from_unconstrained)(us)
-    np.testing.assert_allclose(rb.unwrap(vm), jnp.stack([rb.unwrap(rb.CorrCholesky.from_unconstrained(u)) for u in us]),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        rb.unwrap(vm), jnp.stack([rb.unwrap(rb.CorrCholesky.from_unconstrained(u)) for u in us]), rtol=1e-6, atol=1e-7
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -212,8 +215,9 @@ def test_klax_non_trainable_wraps_arrays_and_constraints():
     assert isinstance(frozen["c"].tree.parameter, jax.Array)  # the constraint's array is not wrapped again
     assert frozen["n"] == 2 and isinstance(frozen["i"], jax.Array)  # ints untouched
     # klax's suggested filter: is_leaf on (NonTrainable, Constraint) keeps them out of the params
-    params, _ = eqx.partition(rb.non_trainable(tree), eqx.is_inexact_array,
-                              is_leaf=lambda x: isinstance(x, (rb.NonTrainable, rb.Constraint)))
+    params, _ = eqx.partition(
+        rb.non_trainable(tree), eqx.is_inexact_array, is_leaf=lambda x: isinstance(x, (rb.NonTrainable, rb.Constraint))
+    )
     assert not any(eqx.is_inexact_array(x) for x in jax.tree_util.tree_leaves(params))
     np.testing.assert_array_equal(rb.unwrap(frozen)["c"], jnp.zeros(2))
     assert rb.non_trainable(frozen)["c"] is frozen["c"]  # idempotent

@@ -35,9 +35,11 @@ class PowerLaw(eqx.Module):
 
 # 2. The log-joint, written over constrained values (what you think in). -----------------
 def log_joint(m: PowerLaw, x, y):
-    prior = (dist.LogNormal(0.0, 1.0).log_prob(m.amplitude)
-             + dist.Normal(0.0, 2.0).log_prob(m.power)
-             + dist.HalfNormal(1.0).log_prob(m.noise))
+    prior = (
+        dist.LogNormal(0.0, 1.0).log_prob(m.amplitude)
+        + dist.Normal(0.0, 2.0).log_prob(m.power)
+        + dist.HalfNormal(1.0).log_prob(m.noise)
+    )
     return prior + dist.Normal(m(x), m.noise).log_prob(y).sum()
 
 
@@ -60,19 +62,31 @@ def main(fast: bool, out: str) -> list[str]:
     print("MAP:", {k: round(float(getattr(mapped, k)), 3) for k in truth}, " truth:", truth)
 
     # 4. NUTS from the MAP, on the same object.
-    posterior = rb.sample(fit.model, log_joint, x, y, key=jax.random.key(1), num_warmup=num_warmup,
-                          num_samples=num_samples, num_chains=num_chains, progress_bar=not fast)
+    posterior = rb.sample(
+        fit.model,
+        log_joint,
+        x,
+        y,
+        key=jax.random.key(1),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        progress_bar=not fast,
+    )
     print(posterior)
-    print("posterior.draws is a", type(posterior.draws).__name__, "with amplitude of shape",
-          posterior.draws.amplitude.shape)
+    print(
+        "posterior.draws is a",
+        type(posterior.draws).__name__,
+        "with amplitude of shape",
+        posterior.draws.amplitude.shape,
+    )
 
     # 5. ArviZ: summary (r-hat, ESS) straight from InferenceData named by attribute path.
     idata = posterior.to_inference_data()
     print(az.summary(idata).to_string())
 
     # 6. Figures: trace plot, and the posterior predictive band.
-    paths = [rb.geometry.plot_trace(posterior, os.path.join(out, "01_trace.png"),
-                                    title="power law: NUTS from the MAP")]
+    paths = [rb.geometry.plot_trace(posterior, os.path.join(out, "01_trace.png"), title="power law: NUTS from the MAP")]
     paths.append(plot_predictive(posterior, fit.model, x, y, truth, os.path.join(out, "01_predictive.png")))
     for p in paths:
         print("wrote", p)

@@ -70,8 +70,14 @@ def main(fast: bool, out: str) -> list[str]:
 
     # NUTS, started at the module's current values (init_values names the latent sites).
     n = 150 if fast else 1000
-    mcmc = MCMC(NUTS(gp_model, init_strategy=init_to_value(values=rb.numpyro.init_values("kernel", KERNEL))),
-                num_warmup=n, num_samples=n, num_chains=2, chain_method="sequential", progress_bar=not fast)
+    mcmc = MCMC(
+        NUTS(gp_model, init_strategy=init_to_value(values=rb.numpyro.init_values("kernel", KERNEL))),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=not fast,
+    )
     mcmc.run(jax.random.key(1), x, y)
     idata = az.from_numpyro(mcmc)
     print(az.summary(idata, var_names=["kernel.variance", "kernel.lengthscale", "noise"]).to_string())
@@ -84,21 +90,33 @@ def main(fast: bool, out: str) -> list[str]:
     svi_draws = guide.sample_posterior(jax.random.key(3), svi_result.params, sample_shape=(n,))
     # the deterministic sites are not in the guide: rebuild the module from the latent sites
     svi_kernels = jax.vmap(lambda d: rb.unwrap(rb.numpyro.from_values("kernel", KERNEL, d)))(svi_draws)
-    print("SVI (AutoNormal) lengthscale mean:", float(svi_kernels.lengthscale.mean()),
-          "  NUTS:", float(samples["kernel.lengthscale"].mean()))
+    print(
+        "SVI (AutoNormal) lengthscale mean:",
+        float(svi_kernels.lengthscale.mean()),
+        "  NUTS:",
+        float(samples["kernel.lengthscale"].mean()),
+    )
 
     # Figures.
     grid = jnp.linspace(-3.5, 3.5, 120)
     keep = np.linspace(0, samples["noise"].shape[0] - 1, 100).astype(int)
     nuts_kernels = jax.vmap(lambda d: rb.unwrap(rb.numpyro.from_values("kernel", KERNEL, d)))(
-        {k: v[keep] for k, v in samples.items()})
+        {k: v[keep] for k, v in samples.items()}
+    )
     means, sds = jax.vmap(lambda k, s: predict(k, s, x, y, grid))(nuts_kernels, samples["noise"][keep])
     rng = np.random.default_rng(0)
     f = np.asarray(means) + np.asarray(sds) * rng.standard_normal(means.shape)
-    svi_mean, _ = predict(rb.unwrap(rb.numpyro.from_values(
-        "kernel", KERNEL, {k: v.mean(0) for k, v in svi_draws.items()})), svi_draws["noise"].mean(), x, y, grid)
-    paths = [plot_fit(x, y, grid, f, np.asarray(means).mean(0), svi_mean, os.path.join(out, "03_gp_fit.png")),
-             plot_hyper(samples, svi_kernels, os.path.join(out, "03_hyperparameters.png"))]
+    svi_mean, _ = predict(
+        rb.unwrap(rb.numpyro.from_values("kernel", KERNEL, {k: v.mean(0) for k, v in svi_draws.items()})),
+        svi_draws["noise"].mean(),
+        x,
+        y,
+        grid,
+    )
+    paths = [
+        plot_fit(x, y, grid, f, np.asarray(means).mean(0), svi_mean, os.path.join(out, "03_gp_fit.png")),
+        plot_hyper(samples, svi_kernels, os.path.join(out, "03_hyperparameters.png")),
+    ]
     for p in paths:
         print("wrote", p)
     return paths

@@ -9,7 +9,8 @@ write one. The implementer's checklist of ``rb.Bijector``:
 3. ``log_det_jacobian()``: ``log |∂b/∂raw| = log upper + log σ(raw) + log σ(-raw)``, summed.
    The dependence of ``b`` on ``a`` does not enter: the map (raw_a, raw) ↦ (a, b) is
    triangular, so its determinant is ``∂a/∂raw_a · ∂b/∂raw`` and ``a``'s own bijector counts the
-   first factor. We check that against autodiff (``jax.jacfwd`` + ``slogdet``) below.
+   first factor. ``rb.testing.check_bijector`` checks that against autodiff (``jax.jacfwd`` +
+   ``slogdet``), the round trip, the edges and (full run) simulation-based calibration.
 
 Then a prior-only sampling check: ``a ~ Gamma(3, 1)`` and ``b | a ~ Uniform(0, a)``, so
 ``E[a] = 3``, ``E[b] = 1.5`` and ``b / a ~ Uniform(0, 1)``.
@@ -21,12 +22,10 @@ import argparse
 import os
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-from jax.flatten_util import ravel_pytree
 
 import reparam_bridge as rb
 
@@ -64,22 +63,26 @@ def log_joint(m):
     return dist.Gamma(3.0, 1.0).log_prob(m["a"]) + dist.Uniform(0.0, m["a"]).log_prob(m["b"])
 
 
-def check_log_jacobian(num_points: int = 5) -> float:
-    """Compare ``rb.log_det_jacobian`` with ``slogdet(jacfwd(free arrays -> (a, b)))`` at random
-    points; returns the largest absolute difference."""
-    params, static = rb.partition(make_model())
-    flat, unravel = ravel_pytree(params)
+class ABPrior:
+    """The prior of the whole tree for SBC: ``a ~ Gamma(3, 1)``, ``b | a ~ Uniform(0, a)``,
+    written without our map (``sample`` and ``log_prob`` are all ``rb.testing`` needs)."""
 
-    def values(z):
-        m = rb.unwrap(eqx.combine(unravel(z), static))
-        return jnp.stack([m["a"], m["b"]])
+    def sample(self, key):
+        ka, kb = jax.random.split(key)
+        a = dist.Gamma(3.0, 1.0).sample(ka)
+        return {"a": a, "b": a * jax.random.uniform(kb)}
 
-    worst = 0.0
-    for z in jax.random.normal(jax.random.key(0), (num_points, flat.shape[0])) * 2.0:
-        _, reference = jnp.linalg.slogdet(jax.jacfwd(values)(z))
-        ours = rb.log_det_jacobian(eqx.combine(unravel(z), static))
-        worst = max(worst, abs(float(ours - reference)))
-    return worst
+    def log_prob(self, v):
+        return log_joint(v)
+
+
+def check(fast: bool) -> "rb.testing.BijectorReport":
+    """``rb.testing.check_bijector`` on the whole tree, built from a value by ``make_model``:
+    log-Jacobian vs ``jax.jacfwd`` + ``slogdet``, round trip, edges in float32/float64 and
+    (full run) simulation-based calibration of NUTS through the bijector."""
+    return rb.testing.check_bijector(
+        lambda v: make_model(v["a"], v["b"]), {"a": 2.0, "b": 0.5}, prior=ABPrior(), sbc=not fast
+    )
 
 
 def main(fast: bool, out: str) -> list[str]:
@@ -87,23 +90,34 @@ def main(fast: bool, out: str) -> list[str]:
 
     os.makedirs(out, exist_ok=True)
 
-    err = check_log_jacobian()
-    print(f"log-Jacobian vs jacfwd + slogdet: max |difference| = {err:.2e}")
-    assert err < 1e-4, "the log-Jacobian is wrong"
+    report = check(fast)
+    print(report)
+    report.raise_on_failure()  # stops here, saying what failed and where, if the bijector is wrong
 
     n = 200 if fast else 2000
-    post = rb.sample(make_model(), log_joint, key=jax.random.key(1), num_warmup=n, num_samples=n,
-                     num_chains=2 if fast else 4, progress_bar=not fast)
+    post = rb.sample(
+        make_model(),
+        log_joint,
+        key=jax.random.key(1),
+        num_warmup=n,
+        num_samples=n,
+        num_chains=2 if fast else 4,
+        progress_bar=not fast,
+    )
     a, b = np.asarray(post.draws["a"]), np.asarray(post.draws["b"])
     ess = {k: float(az.ess(v)) for k, v in {"a": a, "b": b}.items()}
     for name, draws, exact in (("a", a, 3.0), ("b", b, 1.5)):
         mcse = draws.std() / np.sqrt(ess[name])
-        print(f"E[{name}] = {draws.mean():.3f} ± {mcse:.3f} (MCSE), exact {exact}; "
-              f"{abs(draws.mean() - exact) / mcse:.1f} MCSE away")
+        print(
+            f"E[{name}] = {draws.mean():.3f} ± {mcse:.3f} (MCSE), exact {exact}; "
+            f"{abs(draws.mean() - exact) / mcse:.1f} MCSE away"
+        )
     print(f"divergences: {int(post.sample_stats['diverging'].sum())}")
 
-    paths = [plot_draws(a, b, os.path.join(out, "04_b_below_a.png")),
-             rb.geometry.plot_trace(post, os.path.join(out, "04_trace.png"), title="custom bijector: 0 < b < a")]
+    paths = [
+        plot_draws(a, b, os.path.join(out, "04_b_below_a.png")),
+        rb.geometry.plot_trace(post, os.path.join(out, "04_trace.png"), title="custom bijector: 0 < b < a"),
+    ]
     for p in paths:
         print("wrote", p)
     return paths

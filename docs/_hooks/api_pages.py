@@ -33,31 +33,75 @@ log = logging.getLogger("mkdocs.hooks.api_pages")
 
 # (page, title, introduction, names in reading order)
 GROUPS: list[tuple[str, str, str, list[str]]] = [
-    ("wrappers", "Wrappers and constraints",
-     "Unwrappables stand in for a node of an Equinox PyTree; `unwrap` replaces each by the value the "
-     "model uses (innermost first, as paramax does). Constraints are Unwrappables projected after every "
-     "optimiser step (klax's `apply`). None of these has a log-Jacobian: they are for `fit`; for "
-     "sampling use a [bijector](bijectors.md).",
-     ["Unwrappable", "unwrap", "contains_unwrappables", "Parameterize", "NonTrainable", "non_trainable",
-      "WeightNormalization", "Symmetric", "SkewSymmetric", "Ref",
-      "Constraint", "apply", "finalize", "contains_constraints", "NonNegative", "Clamp"]),
-    ("bijectors", "Bijectors",
-     "Unwrappables that store an **unconstrained** array and know the log-Jacobian of their map. "
-     "Constructors take the constrained value; `from_unconstrained` takes the raw one. See "
-     "[the Jacobian convention](../concepts.md#the-jacobian-convention).",
-     ["Bijector", "log_det_jacobian", "Real", "Positive", "Bounded", "Simplex", "Ordered",
-      "PositiveOrdered", "CorrCholesky", "CorrMatrix", "CovCholesky", "PositiveDefinite", "ZeroSum",
-      "Constrained", "LocScale", "reparameterize"]),
-    ("densities", "Densities",
-     "The free arrays of a wrapped tree and the log-density over them.",
-     ["partition", "log_prior", "log_density"]),
-    ("optimisation", "Optimisation and approximations",
-     "optax loops over the free arrays, and the approximations built on them.",
-     ["fit", "map_estimate", "FitResult", "Approximation", "laplace", "LaplaceResult", "pathfinder",
-      "variational"]),
-    ("sampling", "Sampling",
-     "NumPyro's NUTS over the free arrays; draws come back as the user's model type and as ArviZ data.",
-     ["sample", "Posterior"]),
+    (
+        "wrappers",
+        "Wrappers and constraints",
+        "Unwrappables stand in for a node of an Equinox PyTree; `unwrap` replaces each by the value the "
+        "model uses (innermost first, as paramax does). Constraints are Unwrappables projected after every "
+        "optimiser step (klax's `apply`). None of these has a log-Jacobian: they are for `fit`; for "
+        "sampling use a [bijector](bijectors.md).",
+        [
+            "Unwrappable",
+            "unwrap",
+            "contains_unwrappables",
+            "Parameterize",
+            "NonTrainable",
+            "non_trainable",
+            "WeightNormalization",
+            "Symmetric",
+            "SkewSymmetric",
+            "Ref",
+            "Constraint",
+            "apply",
+            "finalize",
+            "contains_constraints",
+            "NonNegative",
+            "Clamp",
+        ],
+    ),
+    (
+        "bijectors",
+        "Bijectors",
+        "Unwrappables that store an **unconstrained** array and know the log-Jacobian of their map. "
+        "Constructors take the constrained value; `from_unconstrained` takes the raw one. See "
+        "[the Jacobian convention](../concepts.md#the-jacobian-convention).",
+        [
+            "Bijector",
+            "log_det_jacobian",
+            "Real",
+            "Positive",
+            "Bounded",
+            "Simplex",
+            "Ordered",
+            "PositiveOrdered",
+            "CorrCholesky",
+            "CorrMatrix",
+            "CovCholesky",
+            "PositiveDefinite",
+            "ZeroSum",
+            "Constrained",
+            "LocScale",
+            "reparameterize",
+        ],
+    ),
+    (
+        "densities",
+        "Densities",
+        "The free arrays of a wrapped tree and the log-density over them.",
+        ["partition", "log_prior", "log_density"],
+    ),
+    (
+        "optimisation",
+        "Optimisation and approximations",
+        "optax loops over the free arrays, and the approximations built on them.",
+        ["fit", "map_estimate", "FitResult", "Approximation", "laplace", "LaplaceResult", "pathfinder", "variational"],
+    ),
+    (
+        "sampling",
+        "Sampling",
+        "NumPyro's NUTS over the free arrays; draws come back as the user's model type and as ArviZ data.",
+        ["sample", "Posterior"],
+    ),
 ]
 OTHER = ("more", "More public names", "Public names not yet placed in a group of their own.", [])
 _ROLE = re.compile(r":(?:py:)?[a-z]+:`~?([^`<]+?)(?:\s*<[^`>]+>)?`")
@@ -127,10 +171,14 @@ def build_pages() -> tuple[dict[str, str], list[Any]]:
 
     pages: dict[str, str] = {}
     nav: list[Any] = ["api/index.md"]
-    index = ["# API reference", "",
-             f"Every public name of `{ROOT}` (imported as `rb`), generated from `{ROOT}.__all__` "
-             "and the submodules' `__all__`. Each entry shows the signature and the docstring; the "
-             "examples in the docstrings run as doctests in the test suite.", ""]
+    index = [
+        "# API reference",
+        "",
+        f"Every public name of `{ROOT}` (imported as `rb`), generated from `{ROOT}.__all__` "
+        "and the submodules' `__all__`. Each entry shows the signature and the docstring; the "
+        "examples in the docstrings run as doctests in the test suite.",
+        "",
+    ]
     for page, title, intro, names in [*GROUPS, OTHER]:
         here = [n for n in names if placed.get(n) == page] + extra.get(page, [])
         if not here:
@@ -149,16 +197,19 @@ def build_pages() -> tuple[dict[str, str], list[Any]]:
         sub_exports = _exports(sub)
         # exactly the submodule's __all__ (mkdocstrings would also show other public functions)
         members = ["      members:", *[f"        - {m}" for m in sub_exports]] if sub_exports else []
-        pages[f"api/{name}.md"] = "\n".join([
-            f"# rb.{name}", "",
-            f"::: {ROOT}.{name}",
-            "    options:",
-            "      show_root_heading: false",
-            "      show_root_toc_entry: false",
-            "      show_submodules: false",
-            *members,
-            "",
-        ])
+        pages[f"api/{name}.md"] = "\n".join(
+            [
+                f"# rb.{name}",
+                "",
+                f"::: {ROOT}.{name}",
+                "    options:",
+                "      show_root_heading: false",
+                "      show_root_toc_entry: false",
+                "      show_submodules: false",
+                *members,
+                "",
+            ]
+        )
         nav.append({f"rb.{name}": f"api/{name}.md"})
         members = ", ".join(f"`{m}`" for m in sub_exports)
         exports = f"Exports {members}." if members else ""
@@ -204,25 +255,35 @@ def _validation_markdown() -> str:
         return "The validation tests are in `tests/validation/`."
     names = []
     for node in ast.walk(ast.parse(models.read_text())):
-        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Case" and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "Case"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             names.append(node.args[0].value)
     doc = ast.get_docstring(ast.parse(test.read_text())) or ""
     criteria = "\n\n".join(p for p in doc.split("\n\n") if not p.startswith("Cost"))
     settings = {}
     for node in ast.parse(test.read_text()).body:
-        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
-                and isinstance(node.value, ast.Tuple)):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Tuple)
+            and isinstance(node.value, ast.Tuple)
+        ):
             for target, value in zip(node.targets[0].elts, node.value.elts):
                 if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
                     settings[target.id] = value.value
     run = ""
     if {"NUM_CHAINS", "NUM_WARMUP", "NUM_SAMPLES"} <= settings.keys():
-        run = (f" ({settings['NUM_CHAINS']} chains × {settings['NUM_WARMUP']} warm-up + "
-               f"{settings['NUM_SAMPLES']} draws)")
-    lines = [f"`tests/validation/test_posteriordb.py` (marked `slow`, run in CI) samples each of the "
-             f"{len(set(names))} posteriordb posteriors below with `rb.sample`{run} and compares the "
-             "draws with posteriordb's reference draws:", ""]
+        run = f" ({settings['NUM_CHAINS']} chains × {settings['NUM_WARMUP']} warm-up + {settings['NUM_SAMPLES']} draws)"
+    lines = [
+        f"`tests/validation/test_posteriordb.py` (marked `slow`, run in CI) samples each of the "
+        f"{len(set(names))} posteriordb posteriors below with `rb.sample`{run} and compares the "
+        "draws with posteriordb's reference draws:",
+        "",
+    ]
     lines += [f"- `{name}`" for name in sorted(set(names))]
     lines += ["", "From the test's docstring:", "", *[f"> {line}" if line else ">" for line in criteria.splitlines()]]
     return "\n".join(lines)

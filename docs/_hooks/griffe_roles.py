@@ -117,8 +117,11 @@ def _sections(text: str) -> str:
         if shared:
             indent = shared.group(1)
             cont = []  # continuation lines of the shared description
-            while i + 1 < len(lines) and lines[i + 1].strip() and (
-                    len(lines[i + 1]) - len(lines[i + 1].lstrip()) > len(indent)):
+            while (
+                i + 1 < len(lines)
+                and lines[i + 1].strip()
+                and (len(lines[i + 1]) - len(lines[i + 1].lstrip()) > len(indent))
+            ):
                 i += 1
                 cont.append(lines[i])
             for name in (n.strip() for n in shared.group(2).split(",")):

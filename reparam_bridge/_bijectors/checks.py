@@ -11,6 +11,7 @@ from numpyro.distributions import Distribution, constraints
 
 from .._tree import NonTrainable, Ref, Unwrappable
 
+
 def build(cls, **fields):
     """Create a Module instance without running ``__init__`` (no validation): the path
     ``from_unconstrained`` uses, safe under ``jit`` and ``vmap``."""
@@ -85,7 +86,6 @@ def support_text(c: constraints.Constraint) -> str:
     return family + (str(tuple(np.asarray(b).tolist() for b in bounds)) if bounds else "")
 
 
-
 def check_prior(
     name: str, prior: Distribution, support: constraints.Constraint, value_shape: tuple | None = None
 ) -> None:
@@ -121,4 +121,3 @@ def check_open_simplex(name: str, value: Array) -> None:
             f"{name}: every entry must be > 0; a 0 lies on the boundary of the simplex, where the "
             f"unconstrained image is infinite: {np.asarray(value)}. Move it inside."
         )
-

@@ -14,47 +14,68 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 from numpyro.distributions import Distribution, constraints
 
 from .. import _tree
-from .._tree import contains_refs, unwrap
+from .._tree import NonTrainable, contains_refs, unwrap
 from .base import Bijector
 from .checks import as_float_array, build, check_prior, frozen_or_live, is_traced
 
 
-def _check_centered(centered: Any) -> float:
+def _check_centered(centered: Any) -> Any:
+    """A Python float in [0, 1] (the usual case), or a float array of per-element centredness
+    (values checked in [0, 1] when concrete; traced while it is being learned)."""
+    if isinstance(centered, NonTrainable):
+        centered = centered.tree
+    if is_traced(centered) or np.ndim(centered) > 0:
+        c = as_float_array(centered)
+        if not is_traced(c) and not bool(jnp.all((c >= 0.0) & (c <= 1.0))):
+            raise ValueError(
+                "LocScale: every element of centered must lie in [0, 1] (1 = centred, 0 = non-centred), "
+                f"got {np.asarray(c)}."
+            )
+        return c
     try:
         c = float(centered)
-    except (TypeError, jax.errors.ConcretizationTypeError):
+    except (TypeError, ValueError):
         raise TypeError(
-            f"LocScale: centered must be a Python float in [0, 1] (it is static), got {centered!r}. "
-            "To learn it, optimise an objective over a grid of values or outside the model."
+            f"LocScale: centered must be a float in [0, 1] or an array of them (per element), got "
+            f"{centered!r}. To learn it by gradient, use rb.geometry.learn_centredness."
         ) from None
     if not 0.0 <= c <= 1.0:
         raise ValueError(f"LocScale: centered must lie in [0, 1] (1 = centred, 0 = non-centred), got {c}.")
     return c
 
 
-def _scale_power(scale: Array, c: float) -> Array:
-    if c == 0.0:
+def _stored(c: Any) -> Any:
+    # An array centredness is frozen like a constant loc/scale: never free, never sampled.
+    return c if isinstance(c, float) else NonTrainable(c)
+
+
+def _is_one(c: Any) -> bool:
+    """``c`` is (concretely) 1 everywhere: ``x̃ = x``, so no loc/scale value is needed."""
+    if isinstance(c, float):
+        return c == 1.0
+    return not is_traced(c) and bool(jnp.all(jnp.asarray(c) == 1.0))
+
+
+def _scale_power(scale: Array, c: Any) -> Array:
+    if isinstance(c, float) and c == 0.0:
         return scale
-    if c == 1.0:
-        return jnp.ones_like(scale)
     return jnp.exp((1.0 - c) * jnp.log(scale))
 
 
-def _forward(xt: Array, loc: Array, scale: Array, c: float) -> Array:
-    if c == 1.0:  # exactly the identity, whatever loc and scale are
+def _forward(xt: Array, loc: Array, scale: Array, c: Any) -> Array:
+    if isinstance(c, float) and c == 1.0:  # exactly the identity, whatever loc and scale are
         return xt + jnp.zeros_like(loc) + jnp.zeros_like(scale)
     return loc + _scale_power(scale, c) * (xt - c * loc)
 
 
-def _inverse(x: Array, loc: Array, scale: Array, c: float) -> Array:
-    if c == 1.0:
+def _inverse(x: Array, loc: Array, scale: Array, c: Any) -> Array:
+    if isinstance(c, float) and c == 1.0:
         return x + jnp.zeros_like(loc) + jnp.zeros_like(scale)
     return c * loc + (x - loc) / _scale_power(scale, c)
 
@@ -71,7 +92,9 @@ def _check_values(x: Array, loc: Array, scale: Array, where: str) -> Array:
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{where}: value must be finite, got {np.asarray(x)}.")
     if not (bool(jnp.all(jnp.isfinite(loc))) and bool(jnp.all(jnp.isfinite(scale)))):
-        raise ValueError(f"{where}: loc and scale must be finite, got loc={np.asarray(loc)}, scale={np.asarray(scale)}.")
+        raise ValueError(
+            f"{where}: loc and scale must be finite, got loc={np.asarray(loc)}, scale={np.asarray(scale)}."
+        )
     if not bool(jnp.all(scale > 0)):
         raise ValueError(f"{where}: scale must be positive, got {np.asarray(scale)}.")
     try:
@@ -115,7 +138,9 @@ class LocScale(Bijector):
     Args:
         value: the constrained value ``x``.
         loc, scale: constants, wrapped parameters or :class:`Ref` s; broadcast against ``x``.
-        centered: ``c`` in ``[0, 1]``, a static Python float (1 = centred, 0 = non-centred).
+        centered: ``c`` in ``[0, 1]`` (1 = centred, 0 = non-centred): a Python float, or an
+            array broadcasting against ``x`` for a per-element centredness (stored frozen in an
+            :class:`NonTrainable`, never sampled; ``rb.geometry.learn_centredness`` learns one).
         prior: optional NumPyro distribution over ``x`` (real support), with constant
             ``loc``/``scale`` usually; with references write the prior in ``log_joint``.
 
@@ -138,7 +163,7 @@ class LocScale(Bijector):
     unconstrained: Array
     loc: Any
     scale: Any
-    centered: float = eqx.field(static=True)
+    centered: Any  # a Python float (static for partition), or NonTrainable(array) per element
     prior: Distribution | None
 
     def __init__(
@@ -147,17 +172,17 @@ class LocScale(Bijector):
         loc: Any = 0.0,
         scale: Any = 1.0,
         *,
-        centered: float = 1.0,
+        centered: Any = 1.0,
         prior: Distribution | None = None,
     ):
         c = _check_centered(centered)
         self.loc = frozen_or_live("loc", loc, owner="LocScale", required=True)
         self.scale = frozen_or_live("scale", scale, owner="LocScale", required=True)
-        self.centered = c
+        self.centered = _stored(c)
         self.prior = prior
         x = as_float_array(value)
         if contains_refs((self.loc, self.scale)):
-            if c != 1.0:
+            if not _is_one(c):
                 raise TypeError(
                     f"LocScale(centered={c}): loc/scale given as rb.Ref have values only inside the "
                     "whole tree, and x̃ = c·loc + (x - loc)/scale^(1-c) needs them. Build it centred "
@@ -171,7 +196,7 @@ class LocScale(Bijector):
         else:
             loc_v, scale_v = unwrap(self.loc), unwrap(self.scale)
             x = _check_values(x, loc_v, scale_v, "LocScale")
-            shape = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc_v), jnp.shape(scale_v))
+            shape = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc_v), jnp.shape(scale_v), jnp.shape(c))
             self.unconstrained = jnp.broadcast_to(_inverse(x, loc_v, scale_v, c), shape).astype(x.dtype)
         if prior is not None:
             check_prior("LocScale", prior, constraints.real, jnp.shape(self.unconstrained))
@@ -183,7 +208,7 @@ class LocScale(Bijector):
         loc: Any = 0.0,
         scale: Any = 1.0,
         *,
-        centered: float = 1.0,
+        centered: Any = 1.0,
         prior: Distribution | None = None,
     ) -> Self:
         """Build from the free array ``x̃`` without validating it (``jit``/``vmap``-safe).
@@ -199,7 +224,7 @@ class LocScale(Bijector):
             unconstrained=as_float_array(unconstrained),
             loc=frozen_or_live("loc", loc, owner="LocScale", required=True),
             scale=frozen_or_live("scale", scale, owner="LocScale", required=True),
-            centered=_check_centered(centered),
+            centered=_stored(_check_centered(centered)),
             prior=prior,
         )
 
@@ -208,12 +233,14 @@ class LocScale(Bijector):
 
     def log_det_jacobian(self) -> Float[Array, ""]:
         c = self.centered
-        if c == 1.0:
+        if isinstance(c, float) and c == 1.0:
             return jnp.zeros((), dtype=jnp.result_type(self.unconstrained))
-        shape = jnp.broadcast_shapes(jnp.shape(self.unconstrained), jnp.shape(self.loc), jnp.shape(self.scale))
-        return (1.0 - c) * jnp.sum(jnp.broadcast_to(jnp.log(self.scale), shape))
+        shape = jnp.broadcast_shapes(
+            jnp.shape(self.unconstrained), jnp.shape(self.loc), jnp.shape(self.scale), jnp.shape(c)
+        )
+        return jnp.sum(jnp.broadcast_to((1.0 - c) * jnp.log(self.scale), shape))
 
-    def with_centered(self, centered: float, *, root: PyTree | None = None) -> "LocScale":
+    def with_centered(self, centered: Any, *, root: PyTree | None = None) -> "LocScale":
         """The same constrained value in the parameterisation with centredness ``centered``.
 
         A node holding :class:`Ref` s needs ``root``, the whole wrapped tree it belongs to
@@ -237,14 +264,16 @@ class LocScale(Bijector):
         inner = _tree.inner(self, root if contains_refs(self) else None)
         x = inner.unwrap()
         xt = _inverse(x, inner.loc, inner.scale, c)
-        return build(type(self), unconstrained=xt, loc=self.loc, scale=self.scale, centered=c, prior=self.prior)
+        return build(
+            type(self), unconstrained=xt, loc=self.loc, scale=self.scale, centered=_stored(c), prior=self.prior
+        )
 
 
 def reparameterize(
     model: PyTree,
     where: Callable[[PyTree], Any],
     *,
-    centered: float,
+    centered: Any,
     loc: Any = None,
     scale: Any = None,
 ) -> PyTree:

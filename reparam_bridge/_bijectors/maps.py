@@ -38,7 +38,10 @@ biject_to = _Registry()
 
 
 def forward_and_log_det(t: T.Transform, x: Array) -> tuple[Array, Array]:
-    """``(t(x), log|det J_t(x)|)`` with the work they share done once."""
+    """``(t(x), log|det J_t(x)|)`` with the work they share done once; an identity map
+    gives the Python float ``0.0`` (no ops traced for a log-Jacobian that is zero)."""
+    if type(t) is T.IdentityTransform:
+        return x, 0.0
     y, intermediates = t.call_with_intermediates(x)
     return y, t.log_abs_det_jacobian(x, y, intermediates=intermediates)
 

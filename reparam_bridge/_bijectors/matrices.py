@@ -62,6 +62,7 @@ class CorrMatrix(_SquareMatrixBijector):
     def transform(self) -> T.Transform:
         return CorrMatrixTransform()
 
+
 class CovCholesky(_SquareMatrixBijector):
     """Lower-triangular Cholesky factor with positive diagonal (NumPyro's
     ``LowerCholeskyTransform``: exp on the diagonal); log-Jacobian w.r.t. the lower triangle.

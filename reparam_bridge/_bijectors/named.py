@@ -44,7 +44,7 @@ class NamedBijector(Bijector):
 
     def unwrap_and_log_det(self) -> tuple[Array, Array]:
         value, log_det = forward_and_log_det(self.transform(), self.unconstrained)
-        return value, jnp.sum(log_det)
+        return value, log_det if jnp.ndim(log_det) == 0 else jnp.sum(log_det)
 
     def unwrap(self) -> Array:  # the value alone: no log-Jacobian traced
         return self.transform()(self.unconstrained)
@@ -75,7 +75,8 @@ class NamedBijector(Bijector):
             unconstrained = inner.transform().inv(value)
             ok = jnp.all(jnp.isfinite(value)) & jnp.all(support(value)) & jnp.all(jnp.isfinite(unconstrained))
             unconstrained = eqx.error_if(
-                unconstrained, ~ok,
+                unconstrained,
+                ~ok,
                 f"{name}: value must be finite and strictly inside the support {support_text(support)}.",
             )
             object.__setattr__(self, "unconstrained", unconstrained)
@@ -85,9 +86,7 @@ class NamedBijector(Bijector):
         self._check_value(value)
         support = inner.support()
         if not bool(jnp.all(support(value))):
-            raise ValueError(
-                f"{name}: value lies outside the support {support_text(support)}: {np.asarray(value)}."
-            )
+            raise ValueError(f"{name}: value lies outside the support {support_text(support)}: {np.asarray(value)}.")
         unconstrained = inner.transform().inv(value)
         if not bool(jnp.all(jnp.isfinite(unconstrained))):
             raise ValueError(
@@ -101,9 +100,7 @@ class NamedBijector(Bijector):
     def _check_value(self, value: Array) -> None:
         name = type(self).__name__
         if value.ndim < self.event_ndim:
-            raise ValueError(
-                f"{name}: value needs at least {self.event_ndim} dimension(s), got shape {value.shape}."
-            )
+            raise ValueError(f"{name}: value needs at least {self.event_ndim} dimension(s), got shape {value.shape}.")
         if not bool(jnp.all(jnp.isfinite(value))):
             raise ValueError(f"{name}: value must be finite, got {np.asarray(value)}.")
 

@@ -57,6 +57,7 @@ class Ordered(NamedBijector):
     def transform(self) -> T.Transform:
         return T.OrderedTransform()
 
+
 class PositiveOrdered(NamedBijector):
     """A strictly increasing positive vector, ``y = cumsum(exp(u))`` (Stan's map).
 
@@ -74,6 +75,7 @@ class PositiveOrdered(NamedBijector):
 
     def transform(self) -> T.Transform:
         return CumsumExpTransform()
+
 
 class ZeroSum(NamedBijector):
     """A vector whose last axis sums to zero (NumPyro's ``ZeroSumTransform``); pairs with

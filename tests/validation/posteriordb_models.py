@@ -313,10 +313,16 @@ CASES: dict[str, Case] = {
         # K + 1e-10 I is singular in float32: the Cholesky needs float64.
         Case("gp_pois_regr-gp_pois_regr", gp_data, gp_init, gp_log_joint, gp_quantities, x64=True),
         # flat priors and strongly correlated coefficients: a dense mass matrix
-        Case("kidiq-kidscore_momiq", kidscore_data, kidscore_init, kidscore_log_joint,
-             sample_kwargs={"dense_mass": True}),
-        Case("mesquite-logmesquite_logvas", logmesquite_data, logmesquite_init, logmesquite_log_joint,
-             sample_kwargs={"dense_mass": True}),
+        Case(
+            "kidiq-kidscore_momiq", kidscore_data, kidscore_init, kidscore_log_joint, sample_kwargs={"dense_mass": True}
+        ),
+        Case(
+            "mesquite-logmesquite_logvas",
+            logmesquite_data,
+            logmesquite_init,
+            logmesquite_log_joint,
+            sample_kwargs={"dense_mass": True},
+        ),
     ]
 }
 

@@ -22,7 +22,6 @@ from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same call
 
 from .posteriordb_models import CASES, load, posteriordb_dir, posteriors_with_reference, reference_draws
 
-
 pytestmark = pytest.mark.slow
 
 NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 1000, 1000
@@ -176,15 +175,25 @@ def _log_joint(a, b, y):
         (Nested(UpTo(jnp.array(0.0), _a_prior())), lambda m: (m.ab["a"], m.ab["b"])),
         (UpTo(jnp.array(0.0), _a_prior()), lambda m: (m["a"], m["b"])),  # the bijector is the whole model
         (Referenced(_a_prior(), Below(jnp.array(0.0), rb.Ref("a"))), lambda m: (m.a, m.b)),
-        (Referenced(_a_prior(), rb.Bounded.from_unconstrained(0.0, lower=0.0, upper=rb.Ref("a"))),
-         lambda m: (m.a, m.b)),
+        (
+            Referenced(_a_prior(), rb.Bounded.from_unconstrained(0.0, lower=0.0, upper=rb.Ref("a"))),
+            lambda m: (m.a, m.b),
+        ),
     ],
     ids=["nested-subclass", "root-subclass", "ref-subclass", "ref-Bounded"],
 )
 def test_user_bijector_with_parameter_dependent_bound(model, get):
-    post = rb.sample(model, lambda m, y: _log_joint(*get(m), y), Y, key=jax.random.key(1),
-                     num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS,
-                     chain_method="vectorized", progress_bar=False)
+    post = rb.sample(
+        model,
+        lambda m, y: _log_joint(*get(m), y),
+        Y,
+        key=jax.random.key(1),
+        num_warmup=NUM_WARMUP,
+        num_samples=NUM_SAMPLES,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     a, b = get(post.draws)
     assert a.shape == b.shape == (NUM_CHAINS, NUM_SAMPLES)
     assert bool(jnp.all((b > 0) & (b < a)))

@@ -1,0 +1,58 @@
+"""The seeded path (approximation -> rb.sample(init=approx) at the seeded default warmup)
+reproduces posteriordb reference posteriors: the checks of test_posteriordb (means within
+5 MCSE, sds within 10 %, r-hat < 1.01, divergences at most 1 %). Slow (about 1.5 minutes on 2
+shared cores): one Laplace-seeded and one Pathfinder-seeded posterior."""
+
+import warnings
+
+import jax
+import pytest
+
+import reparam_bridge as rb
+from reparam_bridge._warmstart import SEEDED_NUM_WARMUP
+
+from .posteriordb_models import CASES, load, reference_draws
+from .test_posteriordb import (
+    NUM_CHAINS,
+    NUM_SAMPLES,
+    check_divergences,
+    check_draws,
+    needs_data,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "name, approx",
+    [("eight_schools-eight_schools_noncentered", "pathfinder"), ("kidiq-kidscore_momiq", "laplace")],
+)
+def test_seeded_path_reproduces_reference(name, approx):
+    case, posterior = CASES[name], load(name)
+    with jax.enable_x64(case.x64):
+        data = case.data(posterior["data"])
+        model = case.init(data)
+        key = jax.random.key(0)
+        if approx == "pathfinder":
+            q = rb.pathfinder(model, case.log_joint, data, key=key)
+        else:
+            q = rb.laplace(model, case.log_joint, data, key=key, progress_bar=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rb.GoodApproximationWarning)
+            post = rb.sample(
+                model,
+                case.log_joint,
+                data,
+                key=key,
+                init=q,
+                num_samples=NUM_SAMPLES,
+                num_chains=NUM_CHAINS,
+                chain_method="vectorized",
+                progress_bar=False,
+                **case.sample_kwargs,
+            )
+        assert post.mcmc.num_warmup == SEEDED_NUM_WARMUP
+        values = reference_draws(case, post.draws, data, list(posterior["reference"]))
+    failures = check_draws(values, posterior["reference"]) + check_divergences(post)
+    assert not failures, f"{name} ({approx}):\n  " + "\n  ".join(failures)
