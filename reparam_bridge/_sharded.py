@@ -19,7 +19,7 @@ The draws are gathered to the host (on every process, process 0 included) into a
 :class:`~reparam_bridge.Posterior`. The two recipes, which run unchanged on one CPU:
 
     >>> import jax, numpy as np, numpyro.distributions as dist
-    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     >>> import reparam_bridge as rb
     >>> model = {"mu": rb.Real(0.0), "sigma": rb.Positive(1.0)}
     >>> def log_joint(m, y):
@@ -31,7 +31,7 @@ The draws are gathered to the host (on every process, process 0 included) into a
     >>> post.draws["mu"].shape == (2 * jax.device_count(), 100)
     True
     >>> # big data: split along the observation axis; it stays split, chains are replicated
-    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    >>> mesh = Mesh(np.array(jax.devices()), ("data",))  # Auto axes (jax.make_mesh defaults to Explicit)
     >>> ys = jax.device_put(y, NamedSharding(mesh, P("data")))
     >>> fit = rb.map_estimate(model, log_joint, ys, steps=100, progress_bar=False)
     >>> post = rb.sample(fit.model, log_joint, ys, key=jax.random.key(1), num_chains=2,
