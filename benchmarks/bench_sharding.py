@@ -65,8 +65,17 @@ def child(devices: int, n_data: int, draws: int, repeats: int, native: bool) -> 
         cases["data/numpyro-vectorized"] = (big, dict(num_chains=4, chain_method="vectorized"))
 
     def run(args, kw, n):
-        post = rb.sample(model, log_joint, *args, key=jax.random.key(0), num_warmup=50, num_samples=n,
-                         max_tree_depth=5, progress_bar=False, **kw)
+        post = rb.sample(
+            model,
+            log_joint,
+            *args,
+            key=jax.random.key(0),
+            num_warmup=50,
+            num_samples=n,
+            max_tree_depth=5,
+            progress_bar=False,
+            **kw,
+        )
         return np.asarray(post.sample_stats["n_steps"]).mean()
 
     out = {}
@@ -74,13 +83,16 @@ def child(devices: int, n_data: int, draws: int, repeats: int, native: bool) -> 
         per_draw, steps = [], []
         for r in range(repeats):
             times = {}
-            for n in ((draws, 3 * draws) if r % 2 == 0 else (3 * draws, draws)):
+            for n in (draws, 3 * draws) if r % 2 == 0 else (3 * draws, draws):
                 t0 = time.perf_counter()
                 steps.append(run(args, kw, n))
                 times[n] = time.perf_counter() - t0
             per_draw.append((times[3 * draws] - times[draws]) / (2 * draws))
-        out[name] = {"ms_per_draw": 1e3 * statistics.median(per_draw), "spread": (max(per_draw) - min(per_draw))
-                     / max(statistics.median(per_draw), 1e-12), "mean_leapfrog_steps": float(np.mean(steps))}
+        out[name] = {
+            "ms_per_draw": 1e3 * statistics.median(per_draw),
+            "spread": (max(per_draw) - min(per_draw)) / max(statistics.median(per_draw), 1e-12),
+            "mean_leapfrog_steps": float(np.mean(steps)),
+        }
     return out
 
 
@@ -108,16 +120,20 @@ def main():
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         rows[d] = json.loads(res.stdout.strip().splitlines()[-1])
         print(f"{d} device(s): {time.perf_counter() - t0:.0f} s: {rows[d]}", file=sys.stderr, flush=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}; n={a.n}, {draws}/{3 * draws} draws, {repeats} repeat(s)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}; n={a.n}, {draws}/{3 * draws} draws, {repeats} repeat(s)"
+    )
     print("| case | devices | ms per draw (all chains) | spread | speed-up vs 1 device | mean leapfrog steps |")
     print("|---|---|---|---|---|---|")
     for case in ("chains/sharded", "data/sharded"):
         base = rows[min(rows)][case]["ms_per_draw"]
         for d, res in rows.items():
             r = res[case]
-            print(f"| {case} | {d} | {r['ms_per_draw']:.2f} | {r['spread']:.2f} | {base / r['ms_per_draw']:.2f} "
-                  f"| {r['mean_leapfrog_steps']:.1f} |")
+            print(
+                f"| {case} | {d} | {r['ms_per_draw']:.2f} | {r['spread']:.2f} | {base / r['ms_per_draw']:.2f} "
+                f"| {r['mean_leapfrog_steps']:.1f} |"
+            )
     for case in ("chains/numpyro-vectorized", "data/numpyro-vectorized"):
         if case in rows.get(1, {}):
             r = rows[1][case]

@@ -219,9 +219,9 @@ def sample(
     # the data is its argument, not a constant, so sharded data stays sharded.
     neg_log_density = NegLogDensity(log_joint, True, static)
     potential_fn = functools.partial(eqx.filter_jit(lambda p, a: neg_log_density(p, *a)), a=args)
-    init_lp = np.array([
-        -float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)
-    ])
+    init_lp = np.array(
+        [-float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)]
+    )
     if not bool(np.all(np.isfinite(init_lp))):
         chain = int(np.argmin(np.isfinite(init_lp)))
         start = eqx.combine(jax.tree_util.tree_map(lambda x: x[chain], init_params), static)
@@ -232,9 +232,20 @@ def sample(
         )
 
     if chain_method == "sharded" or (chain_method is None and args_are_sharded(args)):
-        return sample_sharded(model, static, log_joint, args, _kernel_class(kernel), kernel_kwargs, init_params,
-                              run_key, num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
-                              log_likelihood=log_likelihood)
+        return sample_sharded(
+            model,
+            static,
+            log_joint,
+            args,
+            _kernel_class(kernel),
+            kernel_kwargs,
+            init_params,
+            run_key,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            thinning=thinning,
+            log_likelihood=log_likelihood,
+        )
     if chain_method is None:
         chain_method = "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
     mcmc = MCMC(

@@ -58,7 +58,8 @@ CHAINS = "chains"  # the mesh axis the chains are split along
 
 def _sharded_leaves(args: tuple) -> list[jax.Array]:
     return [
-        x for x in jax.tree_util.tree_leaves(args)
+        x
+        for x in jax.tree_util.tree_leaves(args)
         if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
     ]
 
@@ -113,9 +114,21 @@ def _gather(tree: PyTree) -> PyTree:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def sample_sharded(model: PyTree, static: PyTree, log_joint: Callable, args: tuple, kernel: type,
-                   kernel_kwargs: dict, init_params: PyTree, key: jax.Array, *, num_warmup: int,
-                   num_samples: int, thinning: int, log_likelihood: Callable | None):
+def sample_sharded(
+    model: PyTree,
+    static: PyTree,
+    log_joint: Callable,
+    args: tuple,
+    kernel: type,
+    kernel_kwargs: dict,
+    init_params: PyTree,
+    key: jax.Array,
+    *,
+    num_warmup: int,
+    num_samples: int,
+    thinning: int,
+    log_likelihood: Callable | None,
+):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
     mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``)."""
     from ._sample import _EXTRA_FIELDS, Posterior, _logdensity_fn, _sample_stats
@@ -173,12 +186,14 @@ def sample_sharded(model: PyTree, static: PyTree, log_joint: Callable, args: tup
     if spec == P(CHAINS):
         # manual over the chain axis only: each device runs its own chains' loops; any other
         # mesh axis (the data's) stays under XLA's automatic partitioning
-        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, P()), out_specs=spec,
-                            axis_names={CHAINS}, check_vma=False)
+        run = jax.shard_map(
+            run, mesh=mesh, in_specs=(spec, spec, P()), out_specs=spec, axis_names={CHAINS}, check_vma=False
+        )
     out = _gather(jax.jit(run)(keys, init, arrays))
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
     depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
     depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
     stats = _sample_stats(out, depth) if fields else {}
-    return Posterior(model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args,
-                     log_likelihood=log_likelihood)
+    return Posterior(
+        model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
+    )

@@ -153,8 +153,14 @@ def _env(devices: int) -> dict:
 def test_chains_and_data_over_four_devices(tmp_path):
     env = _env(4)
     env["XLA_FLAGS"] += f" --xla_dump_to={tmp_path} --xla_dump_hlo_as_text"
-    out = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path)], env=env, check=False,
-                         capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICES, str(tmp_path)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "OK four devices" in out.stdout
 
@@ -191,8 +197,13 @@ def test_two_processes_sample_one_posterior(tmp_path):
     env, out = _env(2), tmp_path / "draws.npz"
     port = _free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(port), str(i), str(out)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(port), str(i), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     logs = []
@@ -212,24 +223,51 @@ def test_two_processes_sample_one_posterior(tmp_path):
     # a single-process run (this process: one device) of the same posterior, and the exact one
     ns = {}
     exec(COMMON, ns)  # noqa: S102 - the very code the two processes ran
-    single = rb.sample(ns["model"](), ns["log_joint"], ns["data"](20), key=jax.random.key(5), num_warmup=400,
-                       num_samples=400, num_chains=8, chain_method="sharded", progress_bar=False)
+    single = rb.sample(
+        ns["model"](),
+        ns["log_joint"],
+        ns["data"](20),
+        key=jax.random.key(5),
+        num_warmup=400,
+        num_samples=400,
+        num_chains=8,
+        chain_method="sharded",
+        progress_bar=False,
+    )
     ns["check_moments"]({"mu": got["mu"], "s": got["s"]}, ns["reference"](ns["data"](20)), "two processes")
     ns["check_moments"](single.draws, ns["reference"](ns["data"](20)), "one process")
     for name in ("mu", "s"):
         a, b = np.asarray(got[name], np.float64), np.asarray(single.draws[name], np.float64)
-        se = np.hypot(a.std() / np.sqrt(float(ns["effective_sample_size"](a))),
-                      b.std() / np.sqrt(float(ns["effective_sample_size"](b))))
+        se = np.hypot(
+            a.std() / np.sqrt(float(ns["effective_sample_size"](a))),
+            b.std() / np.sqrt(float(ns["effective_sample_size"](b))),
+        )
         assert abs(a.mean() - b.mean()) < 4.5 * se, (name, a.mean(), b.mean(), se)
 
 
 def test_sharded_on_one_device_is_an_ordinary_posterior():
     # the same user code on one CPU: chains vectorized on the one device
-    post = rb.sample({"m": rb.Real(0.0)}, lambda m: -0.5 * m["m"] ** 2, key=jax.random.key(6), num_warmup=100,
-                     num_samples=50, num_chains=3, chain_method="sharded", kernel="hmc", num_steps=5, trajectory_length=None,
-                     progress_bar=False)
+    post = rb.sample(
+        {"m": rb.Real(0.0)},
+        lambda m: -0.5 * m["m"] ** 2,
+        key=jax.random.key(6),
+        num_warmup=100,
+        num_samples=50,
+        num_chains=3,
+        chain_method="sharded",
+        kernel="hmc",
+        num_steps=5,
+        trajectory_length=None,
+        progress_bar=False,
+    )
     assert post.draws["m"].shape == (3, 50) and post.sample_stats["n_steps"].shape == (3, 50)
     assert "Posterior(num_chains=3, num_draws=50" in repr(post)
     with pytest.raises(ValueError, match="thinning"):
-        rb.sample({"m": rb.Real(0.0)}, lambda m: -0.5 * m["m"] ** 2, key=jax.random.key(6), num_chains=2,
-                  chain_method="sharded", thinning=0)
+        rb.sample(
+            {"m": rb.Real(0.0)},
+            lambda m: -0.5 * m["m"] ** 2,
+            key=jax.random.key(6),
+            num_chains=2,
+            chain_method="sharded",
+            thinning=0,
+        )
