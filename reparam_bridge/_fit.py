@@ -19,7 +19,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from . import _checks
 from ._constraint import apply, contains_constraints
+from ._convergence import Tolerance, report
 from ._density import check_bijective, partition
 from ._paths import path_to_str
 from ._unwrappable import unwrap
@@ -35,11 +37,17 @@ class FitResult(eqx.Module):
         losses: the loss at the start of every step of this call, shape ``(steps,)``
             (for :func:`map_estimate`, the negative log-density).
         opt_state: the final optimiser state; pass it back as ``opt_state=`` to resume.
+        converged: ``True``/``False`` whether ``tol``/``rtol`` was met; ``None`` if not judged.
+        grad_norm: the norm of the gradient of the loss at the returned model.
     """
 
     model: PyTree
     losses: Float[Array, " steps"]
     opt_state: PyTree
+    # Whether the tolerance was met (None: not judged, e.g. no tolerance given to fit) and
+    # the gradient norm at the returned point; static, so results stay plain PyTrees.
+    converged: bool | None = eqx.field(static=True, default=None)
+    grad_norm: float | None = eqx.field(static=True, default=None)
 
 
 _DEFAULT_ADAM: list = []
@@ -128,7 +136,7 @@ class _Loop(NamedTuple):
         params = optax.apply_updates(params, updates)
         if self.project:
             params = partition(apply(eqx.combine(params, static)))[0]
-        return params, opt_state, value
+        return params, opt_state, value, optax.global_norm(grads)
 
 
 def _chunk(loop: _Loop, static, params, opt_state, start, n_steps, key, args):
@@ -148,23 +156,32 @@ def _chunk(loop: _Loop, static, params, opt_state, start, n_steps, key, args):
 
     def body(carry, i):
         params, opt_state = carry
-        new_params, new_opt_state, value = loop.step(params, opt_state, static, args, key, i)
+        new_params, new_opt_state, value, gnorm = loop.step(params, opt_state, static, args, key, i)
         if loop.masked:
             keep = i < n_steps
             new_params, new_opt_state = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(keep, a, b), (new_params, new_opt_state), (params, opt_state)
             )
-        return (new_params, new_opt_state), value
+        return (new_params, new_opt_state), (value, gnorm)
 
     steps = start + jnp.arange(loop.chunk, dtype=start.dtype)
-    (params, opt_state), values = jax.lax.scan(body, (params, opt_state), steps)
-    bad_value = ~jnp.isfinite(values) & (steps < n_steps)
-    first_bad = jnp.where(
-        jnp.any(bad_value),
-        jnp.argmax(bad_value),
-        jnp.where(_all_finite(params), -1, jnp.minimum(loop.chunk, n_steps - start)),
-    )
-    return params, opt_state, values, first_bad
+    (params, opt_state), (values, gnorms) = jax.lax.scan(body, (params, opt_state), steps)
+    # The gradient at the point returned, so that a NaN there (a degenerate optimum such as
+    # a scale collapsing to 0) is an error, and convergence is judged where we stop.
+    end = jnp.minimum(loop.chunk, n_steps - start)
+    batch = _get_batch(args, key, start + end, loop.batch_size, loop.n_data)
+    final_gnorm = optax.global_norm(jax.grad(loop.value_fn)(params, static, batch))
+    live = steps < n_steps
+    never = jnp.asarray(loop.chunk + 2, start.dtype)
+    first_bad = jnp.min(jnp.stack([
+        jnp.where(jnp.any(~jnp.isfinite(values) & live), jnp.argmax(~jnp.isfinite(values) & live), never),
+        # a non-finite gradient at step i: _diagnose replays to step i (first_bad - 1)
+        jnp.where(jnp.any(~jnp.isfinite(gnorms) & live), jnp.argmax(~jnp.isfinite(gnorms) & live) + 1, never),
+        jnp.where(_all_finite(params), never, end),
+        jnp.where(jnp.isfinite(final_gnorm), never, end + 1),
+    ]).astype(start.dtype))
+    first_bad = jnp.where(first_bad == never, -1, first_bad)
+    return params, opt_state, values, first_bad, final_gnorm
 
 
 class _Box(eqx.Module):
@@ -254,9 +271,14 @@ def _diagnose(loop: _Loop, static, params, opt_state, start: int, bad: int, valu
 
 
 def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar,
-         chunk_size, what) -> FitResult:
-    if not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"{what}: steps must be a non-negative int, got {steps!r}.")
+         chunk_size, what, tol=None, rtol=None, warn=None) -> FitResult:
+    steps = _checks.check_int("steps", steps, what, minimum=0)
+    tolerance = Tolerance.of(tol, rtol, what)
+    _checks.preflight(model, what, density=what.startswith("map_estimate"))
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"{what}: optimizer must be an optax transformation (optax.adam(1e-2)), got {optimizer!r}.")
+    if key is not None:
+        _checks.check_key(key, what)
     optimizer = _default_adam() if optimizer is None else optimizer
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
@@ -273,7 +295,8 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
             raise ValueError(f"{what}: batch_size must be in 1..{n_data} (the data size), got {batch_size}.")
         batch_size = int(batch_size)
     steps = int(steps)
-    chunk = int(chunk_size) if chunk_size is not None else _default_chunk(steps, progress_bar)
+    # with a tolerance, chunks are the points where the loop may stop early
+    chunk = int(chunk_size) if chunk_size is not None else _default_chunk(steps, progress_bar or tolerance.active)
     if chunk < 1:
         raise ValueError(f"{what}: chunk_size must be >= 1, got {chunk_size}.")
     n_chunks = -(-steps // chunk)
@@ -286,6 +309,7 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
                  masked=steps % chunk != 0, init=fused_init)
 
     losses = []
+    start_params, final_gnorm = params, float("nan")
     n_steps = np.asarray(steps, np.int32)
     bar = None
     if progress_bar and n_chunks:
@@ -296,7 +320,7 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
         for c in range(n_chunks):
             start = np.asarray(c * chunk, np.int32)
             try:
-                new_params, new_opt_state, values, first_bad = _run_chunk(
+                new_params, new_opt_state, values, first_bad, final_gnorm = _run_chunk(
                     loop, static, params, opt_state, start, n_steps, key, args
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
@@ -318,6 +342,9 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
             if bar is not None:
                 bar.update(n)
                 bar.set_postfix(loss=f"{float(values[n - 1]):.6g}")
+            final_gnorm = float(final_gnorm)
+            if tolerance.active and tolerance.met(np.concatenate([np.asarray(v) for v in losses]), final_gnorm):
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -325,7 +352,15 @@ def _fit(objective, model, args, *, optimizer, steps, opt_state, batch_size, key
         losses = losses[0]
     else:
         losses = jnp.concatenate(losses) if losses else jnp.zeros((0,))
-    return FitResult(model=eqx.combine(params, static), losses=losses, opt_state=opt_state)
+    warn = tolerance.active if warn is None else warn
+    def grads_at_end():  # on the warning path only: per-parameter gradients for the message
+        batch = _get_batch(args, key, jnp.asarray(steps), loop.batch_size, loop.n_data)
+        return jax.grad(loop.value_fn)(params, static, batch)
+
+    converged = report(what, tolerance, losses, final_gnorm, start_params, params, grads_at_end,
+                       warn=warn and batch_size is None, steps=steps)
+    return FitResult(model=eqx.combine(params, static), losses=losses, opt_state=opt_state,
+                     converged=converged, grad_norm=final_gnorm)
 
 
 def _default_chunk(steps: int, progress_bar: bool) -> int:
@@ -351,6 +386,8 @@ def fit(
     key: PRNGKeyArray | None = None,
     progress_bar: bool = True,
     chunk_size: int | None = None,
+    tol: float | None = None,
+    rtol: float | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(unwrap(model), *args)`` over the free arrays of ``model`` with optax.
 
@@ -373,14 +410,19 @@ def fit(
         key: a ``jax.random`` key, required with ``batch_size``.
         progress_bar: show a tqdm bar with the current loss.
         chunk_size: steps per compiled ``lax.scan`` (and per bar update). Default: all steps
-            when the bar is off, else about 20 chunks.
+            when the bar is off and no tolerance is given, else about 20 chunks.
+        tol: stop (at the end of a chunk) once the gradient norm is at most
+            ``tol * max(1, |loss|)``; ``rtol``: once the loss changed by at most
+            ``rtol * max(1, |loss|)`` in one step. If given and not met, a
+            :class:`ReliabilityWarning` says so; ``result.converged`` records it.
 
     Returns:
         A :class:`FitResult` with ``.model`` (still wrapped), ``.losses`` and ``.opt_state``.
 
     Raises:
-        ValueError: if the loss or a gradient becomes NaN or infinite, naming the step (and
-            the parameters whose gradient is non-finite); no partial result is returned.
+        ValueError: if the loss or a gradient becomes NaN or infinite (also at the returned
+            point), naming the step (and the parameters whose gradient is non-finite), or if the
+            objective is unbounded along a parameter that ran away; no partial result is returned.
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -396,6 +438,7 @@ def fit(
     return _fit(
         _UnwrappedLoss(loss_fn), model, args, optimizer=optimizer, steps=steps, opt_state=opt_state,
         batch_size=batch_size, key=key, progress_bar=progress_bar, chunk_size=chunk_size, what="fit",
+        tol=tol, rtol=rtol,
     )
 
 
@@ -425,7 +468,9 @@ def map_estimate(
     (on the power-law example of ``benchmarks/bench_fit.py``, L-BFGS reaches the optimum,
     loss 37.26, in about 20 steps; ``adam(1e-2)`` is at 244 after 1,000). With ``batch_size`` or with
     :class:`Constraint` s in the model, where a line search is wrong, the default is
-    ``optax.adam(1e-2)`` for ``steps=1000``. ``fit_kwargs`` go to :func:`fit`.
+    ``optax.adam(1e-2)`` for ``steps=1000``. ``fit_kwargs`` go to :func:`fit`; ``tol`` defaults
+    to ``1e-3`` here (without Constraints), so the fit stops once converged, ``converged`` says
+    whether it did and a :class:`ReliabilityWarning` says when it did not.
 
     Returns the same :class:`FitResult` as :func:`fit`; ``losses`` holds the negative
     log-density.
@@ -442,16 +487,26 @@ def map_estimate(
         >>> round(float(rb.unwrap(a.model)["s"]), 4), round(float(rb.unwrap(b.model)["s"]), 4)
         (0.7788, 1.0)
     """
+    _checks.check_callable("log_joint", log_joint, "map_estimate")
+    _checks.preflight(model, "map_estimate", density=True)
     if jacobian:
         check_bijective(model, "map_estimate(..., jacobian=True)")
     if optimizer is None and fit_kwargs.get("batch_size") is None and not contains_constraints(model):
         optimizer = _default_lbfgs()
         steps = 100 if steps is None else steps
     steps = 1000 if steps is None else steps
+    _checks.eval_density(log_joint, model, args, "map_estimate")
+    # A MAP is only useful at an optimum: judged by default, and a warning if not reached.
+    # (Not with Constraints: a projected optimum at a bound has a non-zero gradient.)
+    judged = fit_kwargs.get("rtol") is None and not contains_constraints(model)
+    fit_kwargs.setdefault("tol", _MAP_TOL if judged else None)
     return _fit(
         NegLogDensity(log_joint, jacobian), model, args, optimizer=optimizer, steps=steps,
         what="map_estimate", **{**_FIT_DEFAULTS, **fit_kwargs},
     )
+
+
+_MAP_TOL = 1e-3  # gradient norm <= 1e-3 * max(1, |log density|): reached by L-BFGS in float32
 
 
 _FIT_DEFAULTS = dict(opt_state=None, batch_size=None, key=None, progress_bar=True, chunk_size=None)

@@ -14,6 +14,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
+from . import _checks
 from ._arviz import draws_to_dict, to_inference_data
 from ._bijector import walk_bijectors
 from ._density import check_bijective, partition
@@ -30,14 +31,13 @@ def _logdensity_fn(log_joint: Callable, static: PyTree, args: tuple) -> Callable
 
 
 def _check_key(key: Any) -> None:
-    if key is None:
-        raise TypeError("rb.sample needs key=jax.random.key(...) (or PRNGKey).")
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a JAX PRNG key, got {type(key).__name__}.")
+    _checks.check_key(key, "rb.sample")
 
 
 def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> tuple[PyTree, PyTree]:
     """Every check that needs no compilation: bijective wrappers, free arrays, scalar density."""
+    _checks.check_callable("log_joint", log_joint, what)
+    _checks.preflight(model, what, density=True)
     check_bijective(model, what)
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
@@ -50,12 +50,8 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
     except Exception as e:
         e.add_note(f"{what}: raised by log_joint(unwrap(model), *args) while checking its output shape.")
         raise
-    shape = getattr(out, "shape", None)
-    if shape != ():
-        raise ValueError(
-            f"{what}: log_joint must return a scalar log-density, got shape {shape}; sum the "
-            "pointwise terms (and pass log_likelihood= for the pointwise version)."
-        )
+    _checks.check_density_output(out, what)
+    _checks.warn_unwrapped_free(model, what)
     return params, static
 
 
@@ -183,6 +179,7 @@ def sample(
         ((2, 200), (2, 200))
     """
     _check_key(key)
+    _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
     params, static = check_model(model, log_joint, args, "rb.sample")
     logdensity = _logdensity_fn(log_joint, static, args)
 
