@@ -108,6 +108,23 @@ def check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel,
         raise ValueError(f"{what}: init_jitter must be a finite float >= 0, got {init_jitter!r}.")
 
 
+def check_checkpoint_args(checkpoint: Any, every: Any, num_samples: int, thinning: int) -> int | None:
+    """The chunk length for ``rb.sample(checkpoint=...)`` (``None`` without a checkpoint)."""
+    what = "rb.sample"
+    if checkpoint is None:
+        if every is not None:
+            raise ValueError(f"{what}: checkpoint_every={every!r} needs checkpoint=DIRECTORY.")
+        return None
+    if not isinstance(checkpoint, (str, bytes)) and not hasattr(checkpoint, "__fspath__"):
+        raise TypeError(f"{what}: checkpoint must be a directory path, got {type(checkpoint).__name__}.")
+    if thinning != 1:
+        raise ValueError(f"{what}: checkpoint= needs thinning=1 (chunks of thinned draws would not line up); "
+                         "thin the draws after sampling instead.")
+    if every is None:
+        return max(1, num_samples // 10)
+    return check_int("checkpoint_every", every, what, minimum=1)
+
+
 # ----------------------------------------------------------------------------------------
 # the model tree
 

@@ -43,15 +43,21 @@ class Tolerance(NamedTuple):
         return self.tol is not None or self.rtol is not None
 
     def met(self, losses, final_gnorm: float) -> bool:
+        """The gradient is small, or the loss changed by less than ``rtol`` in a step, or (with
+        ``tol``) it has stalled over 5 steps: no progress is possible at this precision."""
         losses = np.asarray(losses, dtype=np.float64).ravel()
         if not len(losses):
             return False
-        scale = max(1.0, abs(float(losses[-1])))
-        if self.tol is not None and np.isfinite(final_gnorm) and final_gnorm <= self.tol * scale:
+        if self.grad_small(losses, final_gnorm):
             return True
+        scale = max(1.0, abs(float(losses[-1])))
         if self.rtol is not None and len(losses) >= 2:
             return abs(float(losses[-1] - losses[-2])) <= self.rtol * scale
-        return False
+        return self.tol is not None and _stalled(losses)
+
+    def grad_small(self, losses, final_gnorm: float) -> bool:
+        scale = max(1.0, abs(float(np.ravel(losses)[-1]))) if len(np.ravel(losses)) else 1.0
+        return self.tol is not None and bool(np.isfinite(final_gnorm)) and final_gnorm <= self.tol * scale
 
 
 def runaway_leaves(start: PyTree, end: PyTree) -> list[tuple[str, float, float]]:
@@ -90,27 +96,34 @@ def report(what: str, tolerance: Tolerance, losses, final_gnorm: float, start: P
             "add a prior or a bound for that parameter, or check the sign of the objective."
         )
     converged = tolerance.met(losses, final_gnorm) if tolerance.active else None
-    if converged is False and warn:
+    if not converged and not (converged is None or warn):
+        return converged
+    if converged is None or tolerance.grad_small(losses, final_gnorm):
+        return converged
+    # Not converged, or converged only because the loss stalled: which parameter is to blame?
+    grads = [(path_to_str(p), float(np.linalg.norm(np.ravel(g)))) for p, g in
+             jax.tree_util.tree_flatten_with_path(grads_at_end())[0]]
+    where, degenerate = "", False
+    if grads:
+        path, g = max(grads, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
+        a = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(start)[0] if path_to_str(p) == path)
+        b = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(end)[0] if path_to_str(p) == path)
+        moved = float(np.max(np.abs(b - a))) if a.size else 0.0
+        if _stalled(losses) and moved > 20.0:
+            degenerate = True
+            where = (f" The loss has stalled while '{path}' moved by {moved:.3g} (unconstrained) and "
+                     f"its gradient is still {g:.3g}: the objective is likely degenerate along it "
+                     "(e.g. a scale collapsing to 0 where the likelihood grows without bound); "
+                     "add a prior that keeps it away from the boundary.")
+            if not np.isfinite(g):  # fit promises an error on a non-finite gradient
+                raise ValueError(f"{what}: the gradient at the returned point is non-finite along '{path}'.{where}")
+        else:
+            where = f" The gradient is largest along '{path}' ({g:.3g})."
+    if converged and not degenerate:
+        return True
+    if warn:
         tol = f"tol={tolerance.tol}" if tolerance.tol is not None else f"rtol={tolerance.rtol}"
         last = f"{losses[-1]:.6g}" if len(losses) else "n/a"
-        where = ""
-        grads = [(path_to_str(p), float(np.linalg.norm(np.ravel(g)))) for p, g in
-                 jax.tree_util.tree_flatten_with_path(grads_at_end())[0]]
-        if grads:
-            path, g = max(grads, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
-            a = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(start)[0] if path_to_str(p) == path)
-            b = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(end)[0] if path_to_str(p) == path)
-            moved = float(np.max(np.abs(b - a))) if a.size else 0.0
-            if _stalled(losses) and moved > 20.0:
-                where = (f" The loss has stalled while '{path}' moved by {moved:.3g} (unconstrained) and "
-                         f"its gradient is still {g:.3g}: the objective is likely degenerate along it "
-                         "(e.g. a scale collapsing to 0 where the likelihood grows without bound); "
-                         "add a prior that keeps it away from the boundary.")
-                if not np.isfinite(g):  # fit promises an error on a non-finite gradient
-                    raise ValueError(f"{what}: the gradient at the returned point is non-finite along "
-                                     f"'{path}'.{where}")
-            else:
-                where = f" The gradient is largest along '{path}' ({g:.3g})."
         warnings.warn(
             f"{what}: did not converge in {steps} steps ({tol} not met: gradient norm {final_gnorm:.3g}, "
             f"last loss {last}).{where} The result is the last iterate, not an optimum: raise steps=, "
@@ -118,4 +131,4 @@ def report(what: str, tolerance: Tolerance, losses, final_gnorm: float, start: P
             ReliabilityWarning,
             stacklevel=4,
         )
-    return converged
+    return False

@@ -167,10 +167,12 @@ def _chunk(loop: _Loop, static, params, opt_state, start, n_steps, key, args):
     steps = start + jnp.arange(loop.chunk, dtype=start.dtype)
     (params, opt_state), (values, gnorms) = jax.lax.scan(body, (params, opt_state), steps)
     # The gradient at the point returned, so that a NaN there (a degenerate optimum such as
-    # a scale collapsing to 0) is an error, and convergence is judged where we stop.
+    # a scale collapsing to 0) is an error, and convergence is judged where we stop: one more
+    # iteration of the same body, its update discarded. Same function, same shapes: JAX reuses
+    # the body's trace, so the loss is still traced once per compilation.
     end = jnp.minimum(loop.chunk, n_steps - start)
-    batch = _get_batch(args, key, start + end, loop.batch_size, loop.n_data)
-    final_gnorm = optax.global_norm(jax.grad(loop.value_fn)(params, static, batch))
+    _, (_, final_gnorm) = jax.lax.scan(body, (params, opt_state), (start + end)[None])
+    final_gnorm = final_gnorm[0]
     live = steps < n_steps
     never = jnp.asarray(loop.chunk + 2, start.dtype)
     first_bad = jnp.min(jnp.stack([

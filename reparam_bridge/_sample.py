@@ -14,7 +14,8 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _checks
+from . import _checkpoint, _checks, _persist
+from ._trust import check_draws
 from ._arviz import draws_to_dict, to_inference_data
 from ._bijector import walk_bijectors
 from ._density import check_bijective, partition
@@ -146,6 +147,8 @@ def sample(
     init_jitter: float = 0.1,
     thinning: int = 1,
     log_likelihood: Callable[..., Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
     **kernel_kwargs: Any,
 ) -> "Posterior":
     """Sample the free arrays of ``model`` with NumPyro NUTS (or HMC) in unconstrained space.
@@ -162,8 +165,16 @@ def sample(
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.
+        checkpoint: a directory: after warmup, draws are taken in chunks of
+            ``checkpoint_every`` (default ``num_samples // 10``, at least 1) and each chunk, with
+            the full sampler state after it, is written there atomically. After a crash,
+            ``rb.Posterior.load(checkpoint, model).resume()`` finishes the run with the same
+            draws an uninterrupted run gives (see ``_checkpoint``).
         **kernel_kwargs: passed to the kernel (``dense_mass``, ``target_accept_prob``,
             ``max_tree_depth``, ...).
+
+    A :class:`ReliabilityWarning` says when the draws cannot be trusted (non-finite draws,
+    mostly divergent transitions, split r-hat or ESS far off), with the numbers.
 
     Example:
         >>> import jax, numpyro.distributions as dist
@@ -180,6 +191,7 @@ def sample(
     """
     _check_key(key)
     _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
+    every = _checks.check_checkpoint_args(checkpoint, checkpoint_every, num_samples, thinning)
     params, static = check_model(model, log_joint, args, "rb.sample")
     logdensity = _logdensity_fn(log_joint, static, args)
 
@@ -220,8 +232,20 @@ def sample(
     )
     if num_chains == 1:
         init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
-    mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-    return Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+    if checkpoint is not None:
+        config = dict(kernel=kernel, kernel_kwargs=kernel_kwargs, num_warmup=num_warmup, num_chains=num_chains,
+                      chain_method=chain_method, every=every)
+        writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
+        mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+        writer.commit(None, None, mcmc.post_warmup_state)
+        parts = _checkpoint.run_chunks(mcmc, mcmc.post_warmup_state, num_samples, every, writer,
+                                       _extra_fields(mcmc), fresh=False)
+        post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
+    else:
+        mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+        post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+    check_draws(post._samples, post.sample_stats)
+    return post
 
 
 def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
@@ -281,6 +305,8 @@ class Posterior:
         self._log_likelihood_values = log_likelihood_values
         self._draws = None
         self._last_state = None
+        self._writer = None  # a checkpoint directory's writer: resume keeps writing there
+        self._config = None  # the kernel settings, when loaded from a checkpoint
 
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
@@ -289,6 +315,15 @@ class Posterior:
         post = cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
                    log_likelihood=log_likelihood)
         post._last_state = mcmc.last_state
+        return post
+
+    @classmethod
+    def _from_chunks(cls, model, static, mcmc, log_joint, args, log_likelihood, parts, writer):
+        samples, extras, state = parts
+        samples, extras = _checkpoint.concat(samples, extras)
+        post = cls(model, static, samples, _sample_stats(extras), mcmc=mcmc, log_joint=log_joint, args=args,
+                   log_likelihood=log_likelihood)
+        post._last_state, post._writer = state, writer
         return post
 
     @property
@@ -335,11 +370,22 @@ class Posterior:
             log_likelihood=self._pointwise_log_likelihood(),
         )
 
-    def resume(self, num_samples: int | None = None, *, progress_bar: bool = False) -> "Posterior":
+    def resume(self, num_samples: int | None = None, *, progress_bar: bool = False,
+               log_joint: Callable[..., Any] | None = None, args: tuple | None = None) -> "Posterior":
         """Continue the same chains (same step size and mass matrix, no new warmup) for
-        ``num_samples`` more draws; returns a Posterior holding the old and the new draws."""
+        ``num_samples`` more draws; returns a Posterior holding the old and the new draws.
+
+        After ``Posterior.load`` of a checkpoint directory, ``num_samples=None`` finishes the
+        planned run, and the new chunks are written to the same directory. ``log_joint``
+        and ``args`` are needed only when the checkpoint could not pickle them."""
+        if num_samples is not None:
+            num_samples = _checks.check_int("num_samples", num_samples, "resume", minimum=1)
+        if self._writer is not None:
+            return self._resume_checkpoint(num_samples, progress_bar, log_joint, args)
         if self.mcmc is None:
-            raise ValueError("resume: this Posterior has no live NumPyro MCMC (it was loaded from disk).")
+            raise ValueError("resume: this Posterior has no sampler state (it was loaded from a Posterior.save "
+                             "directory, which keeps draws only). To resume after loading, sample with "
+                             "rb.sample(..., checkpoint=DIR) and load that directory.")
         # A shallow copy shares NumPyro's compiled functions but leaves this Posterior's MCMC
         # (and any other Posterior resumed from it) untouched.
         mcmc = copy.copy(self.mcmc)
@@ -351,41 +397,98 @@ class Posterior:
         mcmc.progress_bar = progress_bar
         mcmc.run(self._last_state.rng_key, extra_fields=_extra_fields(mcmc))
         new = Posterior._from_mcmc(self.model, self._static, mcmc, self._log_joint, self._args, self._log_likelihood)
+        return self._append(new._samples, new.sample_stats, mcmc, new._last_state)
+
+    def _append(self, samples, stats, mcmc, last_state) -> "Posterior":
         cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
-        samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, new._samples)
-        stats = {k: cat(self.sample_stats[k], new.sample_stats[k]) for k in self.sample_stats}
+        if self.num_draws:
+            samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, samples)
+            stats = {k: cat(self.sample_stats[k], stats[k]) for k in stats if k in self.sample_stats}
         out = Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
                         args=self._args, log_likelihood=self._log_likelihood)
-        out._last_state = new._last_state
+        out._last_state, out._writer, out._config = last_state, self._writer, self._config
+        check_draws(out._samples, out.sample_stats, "resume")
         return out
 
+    def _resume_checkpoint(self, num_samples, progress_bar, log_joint, args) -> "Posterior":
+        writer = self._writer
+        done, planned = writer.manifest["done"], writer.manifest["planned"]
+        if num_samples is None:
+            num_samples = planned - done
+            if num_samples <= 0:
+                raise ValueError(f"resume: the checkpointed run is complete ({done} draws per chain); pass "
+                                 "num_samples=N to draw N more.")
+        writer.manifest = {**writer.manifest, "planned": max(planned, done + num_samples)}
+        if log_joint is not None:
+            self._log_joint, self._args = log_joint, tuple(args or ())
+        mcmc, fresh = self.mcmc, False
+        if mcmc is None:
+            if self._log_joint is None:
+                raise TypeError("resume: the checkpoint holds no log_joint (it did not pickle: a lambda or a "
+                                "closure); pass resume(n, log_joint=..., args=(...)).")
+            cfg = self._config
+            potential_fn = jax.jit(lambda p: -_logdensity_fn(self._log_joint, self._static, self._args)(p))
+            mcmc = MCMC(cfg["kernel"](potential_fn=potential_fn, **cfg["kernel_kwargs"]), num_warmup=cfg["num_warmup"],
+                        num_samples=cfg["every"], num_chains=cfg["num_chains"], chain_method=cfg["chain_method"],
+                        progress_bar=progress_bar)
+            fresh = True
+        every = self._config["every"] if self._config else max(1, mcmc.num_samples)
+        samples, extras, state = _checkpoint.run_chunks(mcmc, self._last_state, num_samples, every, writer,
+                                                        _extra_fields(mcmc), fresh=fresh)
+        samples, extras = _checkpoint.concat(samples, extras)
+        return self._append(samples, _sample_stats(extras), mcmc, state)
+
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``posterior.nc`` (ArviZ netCDF) and ``unconstrained.eqx`` (equinox
-        serialisation of the sampled free arrays) into ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        self.to_inference_data().to_netcdf(os.path.join(directory, "posterior.nc"))
-        eqx.tree_serialise_leaves(os.path.join(directory, "unconstrained.eqx"), self._samples)
-        with open(os.path.join(directory, "meta.json"), "w") as f:
-            json.dump({"num_chains": self.num_chains, "num_draws": self.num_draws}, f)
+        """Write ``posterior.nc`` (ArviZ netCDF), ``unconstrained.eqx`` (equinox serialisation
+        of the sampled free arrays) and ``meta.json`` (sizes and the model's signature) into
+        ``directory``, atomically: a new directory is built beside it and swapped in, so a
+        crash leaves the old contents or the new, never a mix."""
+        idata = self.to_inference_data()
+
+        def build(tmp):
+            idata.to_netcdf(os.path.join(tmp, "posterior.nc"))
+            eqx.tree_serialise_leaves(os.path.join(tmp, "unconstrained.eqx"), self._samples)
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump({"num_chains": self.num_chains, "num_draws": self.num_draws,
+                           "signature": _persist.signature(self.model)}, f)
+
+        _persist.replace_directory(build, os.fspath(directory))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: PyTree) -> "Posterior":
-        """Read what :meth:`save` wrote; ``model`` gives the structure (any values)."""
+        """Read what :meth:`save` or ``rb.sample(..., checkpoint=directory)`` wrote; ``model``
+        gives the structure (any values) and must match what was saved (names, wrapper kinds,
+        shapes, dtypes): a mismatch, a missing or a damaged file is an error naming it."""
         from ._arviz import import_arviz
 
-        az = import_arviz()
-        with open(os.path.join(directory, "meta.json")) as f:
-            meta = json.load(f)
+        _checks.check_no_foreign(model, "Posterior.load")
         params, static = partition(model)
-        like = jax.tree_util.tree_map(
-            lambda x: jnp.zeros((meta["num_chains"], meta["num_draws"], *x.shape), x.dtype), params
-        )
-        samples = eqx.tree_deserialise_leaves(os.path.join(directory, "unconstrained.eqx"), like)
-        idata = az.from_netcdf(os.path.join(directory, "posterior.nc"))
-        stats = {k: np.asarray(v) for k, v in idata.sample_stats.data_vars.items()} if "sample_stats" in idata else {}
-        loglik = (
-            {k: np.asarray(v) for k, v in idata.log_likelihood.data_vars.items()} if "log_likelihood" in idata else None
-        )
+        like = lambda n, c=None: jax.tree_util.tree_map(  # noqa: E731
+            lambda x: jnp.zeros((c if c is not None else 1, n, *x.shape), x.dtype), params)
+        if _checkpoint.is_checkpoint(directory):
+            got = _checkpoint.load(directory, model, like)
+            lj, args, ll = got.target if got.target is not None else (None, (), None)
+            post = cls(model, static, got.samples, _sample_stats(got.extras) if got.extras else {},
+                       log_joint=lj, args=args, log_likelihood=ll)
+            post._last_state, post._writer, post._config = got.state, got.writer, got.config
+            return post
+        az = import_arviz()
+        d = os.fspath(directory)
+        meta = _persist.read_json(os.path.join(d, "meta.json"), "Posterior.load")
+        if "signature" in meta:
+            _persist.check_model(meta["signature"], model, d, "Posterior.load")
+        shaped = like(meta["num_draws"], meta["num_chains"])
+        samples = _persist.read(os.path.join(d, "unconstrained.eqx"),
+                                lambda p: eqx.tree_deserialise_leaves(p, shaped), "Posterior.load")
+
+        def read_nc(p):
+            idata = az.from_netcdf(p)
+            stats = {k: np.asarray(v) for k, v in idata.sample_stats.data_vars.items()} if "sample_stats" in idata else {}
+            loglik = ({k: np.asarray(v) for k, v in idata.log_likelihood.data_vars.items()}
+                      if "log_likelihood" in idata else None)
+            return stats, loglik
+
+        stats, loglik = _persist.read(os.path.join(d, "posterior.nc"), read_nc, "Posterior.load")
         return cls(model, static, samples, stats, log_likelihood_values=loglik)
 
     def __repr__(self) -> str:
