@@ -12,6 +12,7 @@ The names of ``DESIGN.md``'s public contract, plus a few extensions (``Clamp``, 
 from . import blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import geometry  # curvature, parameterisation comparison, plots
 from . import numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
+from ._approx import Approximation
 from ._bijector import (
     Bijector,
     Bounded,
@@ -60,6 +61,7 @@ __all__ = [
     "LocScale", "reparameterize",
     # densities, optimisation, sampling
     "partition", "log_prior", "log_density", "fit", "map_estimate", "FitResult", "laplace", "LaplaceResult",
+    "Approximation",
     "sample", "Posterior",
     # submodules
     "geometry", "numpyro", "blackjax",

@@ -4,7 +4,7 @@ importance sampling against the true density of the free arrays."""
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -13,7 +13,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._arviz import draws_to_dict, import_arviz, to_inference_data
+from ._approx import Approximation
+from ._arviz import import_arviz
 from ._density import check_bijective, partition
 from ._fit import map_estimate
 from ._util import neg_log_density_hessian
@@ -31,8 +32,9 @@ def _psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
     return np.asarray(lw), float(np.asarray(khat))
 
 
-class LaplaceResult(eqx.Module):
-    """A Gaussian ``N(mean, covariance)`` over the free (unconstrained) arrays, from :func:`laplace`.
+class LaplaceResult(Approximation):
+    """A Gaussian ``N(mean, covariance)`` over the free (unconstrained) arrays, from :func:`laplace`
+    (an :class:`~reparam_bridge.Approximation`: ``sample``, ``to_inference_data``, warm starts).
 
     Attributes:
         mean: the wrapped model at the mode of the unconstrained density.
@@ -55,6 +57,8 @@ class LaplaceResult(eqx.Module):
     log_weights: Float[Array, " draws"]
     ess: float = eqx.field(static=True)
 
+    _library: ClassVar[str] = "reparam_bridge.laplace"
+
     def _unconstrained(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> tuple[Array, Array]:
         flat, _ = ravel_pytree(partition(self.mean)[0])
         eps = jax.random.normal(key, (*shape, flat.shape[0]), dtype=flat.dtype)
@@ -63,33 +67,6 @@ class LaplaceResult(eqx.Module):
             self.precision_cholesky.T, eps.reshape(-1, flat.shape[0]).T, lower=False
         ).T
         return flat + dz.reshape(eps.shape), eps
-
-    def sample_unconstrained(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> PyTree:
-        """The wrapped model with free arrays drawn from the Gaussian, leaves shaped
-        ``(chain, draw, ...)`` (the analogue of ``Posterior.unconstrained``)."""
-        params, static = partition(self.mean)
-        _, unravel = ravel_pytree(params)
-        z, _ = self._unconstrained(key, (num_chains, num_draws))
-        samples = jax.vmap(jax.vmap(unravel))(z)
-        return eqx.combine(samples, static)
-
-    def sample(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> PyTree:
-        """Draws as the user's model type, unwrapped, every array leaf shaped ``(chain, draw, ...)``."""
-        from ._sample import _batched_unwrap
-
-        params, static = partition(self.mean)
-        _, unravel = ravel_pytree(params)
-        z, _ = self._unconstrained(key, (num_chains, num_draws))
-        return _batched_unwrap(static, jax.vmap(jax.vmap(unravel))(z))
-
-    def to_inference_data(self, key: PRNGKeyArray, num_draws: int = 1000, num_chains: int = 1):
-        """``arviz.InferenceData`` of ``sample(key, num_draws, num_chains)``, variables named
-        by attribute paths as for ``rb.sample``; ``attrs["pareto_khat"]`` holds :attr:`khat`."""
-        draws = self.sample(key, num_draws, num_chains)
-        return to_inference_data(
-            draws_to_dict(self.mean, draws),
-            attrs={"inference_library": "reparam_bridge.laplace", "pareto_khat": self.khat},
-        )
 
 
 def laplace(
