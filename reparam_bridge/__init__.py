@@ -13,6 +13,7 @@ from . import blackjax  # the adapter; BlackJAX itself is imported by the user, 
 from . import geometry  # curvature, parameterisation comparison, plots
 from . import numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro
 from ._approx import Approximation
+from ._checks import ReliabilityWarning
 from ._bijector import (
     Bijector,
     Bounded,
@@ -62,7 +63,7 @@ __all__ = [
     # densities, optimisation, sampling
     "partition", "log_prior", "log_density", "fit", "map_estimate", "FitResult", "laplace", "LaplaceResult",
     "Approximation",
-    "sample", "Posterior",
+    "sample", "Posterior", "ReliabilityWarning",
     # submodules
     "geometry", "numpyro", "blackjax",
 ]

@@ -13,6 +13,8 @@ Example:
     ValueError: rb.sample: num_chains must be an int >= 1, got 0.
 """
 
+import inspect
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -120,9 +122,29 @@ def check_checkpoint_args(checkpoint: Any, every: Any, num_samples: int, thinnin
     if thinning != 1:
         raise ValueError(f"{what}: checkpoint= needs thinning=1 (chunks of thinned draws would not line up); "
                          "thin the draws after sampling instead.")
+    if os.path.exists(os.path.join(os.fspath(checkpoint), "checkpoint.json")):
+        raise FileExistsError(
+            f"{what}: {os.fspath(checkpoint)} already holds a checkpoint. Continue it with "
+            "rb.Posterior.load(directory, model).resume(), or give an empty directory."
+        )
     if every is None:
         return max(1, num_samples // 10)
     return check_int("checkpoint_every", every, what, minimum=1)
+
+
+def check_kernel_kwargs(kernel: Any, kwargs: dict[str, Any], what: str) -> None:
+    """Unknown kernel options fail here, not after the first compilation."""
+    try:
+        params = inspect.signature(kernel).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params or k == "potential_fn"]
+    if unknown:
+        known = sorted(k for k in params if k not in ("model", "potential_fn"))
+        raise TypeError(f"{what}: {getattr(kernel, '__name__', kernel)} has no option {unknown[0]!r} "
+                        f"(passed as **kernel_kwargs); its options are {known}.")
 
 
 # ----------------------------------------------------------------------------------------

@@ -138,6 +138,9 @@ def log_density(
         >>> float(rb.log_density(lambda m: 0.0, tree)), float(rb.log_density(lambda m: 0.0, tree, jacobian=False))
         (-1.0, -1.0)
     """
+    from ._checks import check_no_foreign
+
+    check_no_foreign(tree, "log_density")  # a trace-time walk: nothing per step under jit
     if jacobian:
         check_bijective(tree)
     value = jnp.asarray(log_joint(unwrap(tree), *args))

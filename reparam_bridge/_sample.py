@@ -72,7 +72,10 @@ def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str |
         if leaf is not None and not bool(jnp.all(jnp.isfinite(leaf))):
             return f"the free array '{path}' holds non-finite values"
     lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)  # noqa: E731
-    value = lj(params)
+    try:
+        value = jax.jit(lj)(params)  # jitted: NumPyro's argument validation raises only eagerly
+    except Exception:  # the search below still names the parameter
+        value = jnp.nan
     if bool(jnp.isfinite(value)):
         return None
     # log_joint itself is -inf/nan (say, a data-dependent bound is violated): name the
@@ -192,6 +195,7 @@ def sample(
     _check_key(key)
     _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
     every = _checks.check_checkpoint_args(checkpoint, checkpoint_every, num_samples, thinning)
+    _checks.check_kernel_kwargs({"nuts": NUTS, "hmc": HMC}.get(str(kernel).lower(), kernel), kernel_kwargs, "rb.sample")
     params, static = check_model(model, log_joint, args, "rb.sample")
     logdensity = _logdensity_fn(log_joint, static, args)
 

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._arviz import draws_to_dict, import_arviz, to_inference_data
+from ._checks import check_choice
 from ._density import check_bijective, partition
 from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
 
@@ -297,9 +298,13 @@ def compare(
     if not models:
         raise ValueError("compare: give at least one {label: (model, log_joint)}.")
     rows, posteriors = {}, {}
+    # every check before the first model is sampled, so that a typo loses nothing
     for label, pair in models.items():
         if not (isinstance(pair, tuple) and len(pair) == 2 and callable(pair[1])):
             raise TypeError(f"compare: models[{label!r}] must be a (wrapped_model, log_joint) pair.")
+    if baseline is not None:
+        check_choice("baseline", baseline, list(models), "compare")
+    for label, pair in models.items():
         model, log_joint = pair
         start = time.perf_counter()
         post = sample(
