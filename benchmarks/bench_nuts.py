@@ -287,9 +287,9 @@ def run_native(case, key, init, settings):
         return mcmc, native_draws(mcmc), extra
 
     (mcmc, draws, extra), t_first = common.timed(first)
-    from reparam_bridge._arviz import import_arviz
+    from reparam_bridge import _arviz
 
-    _, t_extract = common.timed(lambda: import_arviz().from_numpyro(mcmc, log_likelihood=False))
+    _, t_extract = common.timed(lambda: _arviz.from_numpyro(mcmc, log_likelihood=False))
     _, t_steady = common.timed(lambda: (mcmc.run(run_key, *case.native_args, init_params=init,
                                                  extra_fields=_EXTRA_FIELDS), mcmc.get_samples())[1])
     return dict(mcmc=mcmc, t_first=t_first, t_steady=t_steady, t_extract=t_extract, draws=draws,

@@ -96,10 +96,10 @@ def warm_up_arviz() -> None:
 
 def min_bulk_ess(draws: dict[str, np.ndarray]) -> float:
     """Smallest bulk ESS over every scalar element of ``draws`` (``{name: (chain, draw, ...)}``)."""
-    from reparam_bridge._arviz import import_arviz
+    from reparam_bridge import _arviz
 
-    az = import_arviz()
-    ess = az.ess(az.convert_to_dataset({k: np.asarray(v) for k, v in draws.items()}), method="bulk")
+    posterior = _arviz.group(_arviz.to_inference_data({k: np.asarray(v) for k, v in draws.items()}), "posterior")
+    ess = _arviz.ess(posterior, method="bulk")
     return float(min(np.nanmin(np.asarray(v)) for v in ess.data_vars.values()))
 
 

@@ -91,7 +91,8 @@ class Approximation(eqx.Module):
         draws = self.sample(key, num_draws, num_chains)
         return to_inference_data(
             draws_to_dict(self.mean, draws),
-            attrs={"inference_library": self._library, "pareto_khat": self.khat},
+            inference_library=self._library,
+            attrs={"pareto_khat": self.khat},
         )
 
     # ---- what a warm start needs ----------------------------------------------------------

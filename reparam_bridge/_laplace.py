@@ -14,23 +14,11 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
-from ._arviz import import_arviz
+from ._arviz import psislw
 from ._checks import preflight
 from ._density import check_bijective, partition
 from ._fit import map_estimate
 from ._util import neg_log_density_hessian
-
-
-def _psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
-    """ArviZ's PSIS: smoothed, normalised log-weights and the Pareto k-hat."""
-    az = import_arviz()
-    if hasattr(az, "psislw"):  # ArviZ 0.x
-        lw, khat = az.psislw(log_ratios, reff=1.0)
-        return np.asarray(lw), float(np.asarray(khat))
-    from arviz_stats import psislw  # ArviZ >= 1.0 moved it to arviz-stats
-
-    lw, khat = psislw(log_ratios, r_eff=1.0)
-    return np.asarray(lw), float(np.asarray(khat))
 
 
 class LaplaceResult(Approximation):
@@ -161,7 +149,7 @@ def _psis(result: LaplaceResult, neg_log_p, key, num_draws: int) -> tuple[float,
     log_ratios = np.where(np.isfinite(log_ratios), log_ratios, -np.inf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns itself when k-hat is large; we report it
-        lw, khat = _psislw(log_ratios)
+        lw, khat = psislw(log_ratios)
     ess = float(1.0 / np.sum(np.exp(2 * lw)))
     return khat, lw, ess
 

@@ -180,3 +180,45 @@ def read_json(path: str, what: str) -> Any:
             return json.load(f)
 
     return read(path, r, what)
+
+
+# ----------------------------------------------------------------------------------------
+# Posterior.save / Posterior.load (the netCDF engine is the ArviZ adapter's choice)
+
+
+def save_posterior(post: Any, directory: str) -> None:
+    import equinox as eqx
+
+    from . import _arviz
+
+    idata = post.to_inference_data()
+
+    def build(tmp):
+        _arviz.to_netcdf(idata, os.path.join(tmp, "posterior.nc"))
+        eqx.tree_serialise_leaves(os.path.join(tmp, "unconstrained.eqx"), post._samples)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({"num_chains": post.num_chains, "num_draws": post.num_draws,
+                       "signature": signature(post.model)}, f)
+
+    replace_directory(build, directory)
+
+
+def load_posterior(cls: type, directory: str, model: PyTree, static: PyTree, like: Callable) -> Any:
+    import equinox as eqx
+
+    from . import _arviz
+
+    what = "Posterior.load"
+    meta = read_json(os.path.join(directory, "meta.json"), what)
+    if "signature" in meta:  # saves before the signature was stored are read unchecked
+        check_model(meta["signature"], model, directory, what)
+    shaped = like(meta["num_draws"], meta["num_chains"])
+    samples = read(os.path.join(directory, "unconstrained.eqx"), lambda p: eqx.tree_deserialise_leaves(p, shaped), what)
+    idata = read(os.path.join(directory, "posterior.nc"), _arviz.from_netcdf, what)
+    stats, loglik = (_arviz.group(idata, g) for g in ("sample_stats", "log_likelihood"))
+    stats = {k: np.asarray(v) for k, v in stats.data_vars.items()} if stats is not None else {}
+    loglik = {k: np.asarray(v) for k, v in loglik.data_vars.items()} if loglik is not None else None
+    out = cls(model, static, samples, stats, log_likelihood_values=loglik)
+    coords, dims = _arviz.coords_and_dims(idata)
+    out.coords, out.dims = coords or None, dims or None
+    return out

@@ -2,7 +2,6 @@
 
 import functools
 import copy
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -14,12 +13,12 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _checkpoint, _checks, _persist
-from ._trust import check_draws
-from ._arviz import draws_to_dict, to_inference_data
+from . import _arviz, _checkpoint, _checks, _persist
+from ._arviz import draws_to_dict
 from ._bijector import walk_bijectors
 from ._density import check_bijective, partition
 from ._paths import leaves_with_paths
+from ._trust import check_draws
 from ._unwrappable import unwrap
 from ._util import NegLogDensity, tree_depth
 
@@ -152,6 +151,8 @@ def sample(
     log_likelihood: Callable[..., Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    coords: dict[str, Any] | None = None,
+    dims: dict[str, list[str]] | None = None,
     **kernel_kwargs: Any,
 ) -> "Posterior":
     """Sample the free arrays of ``model`` with NumPyro NUTS (or HMC) in unconstrained space.
@@ -173,6 +174,9 @@ def sample(
             the full sampler state after it, is written there atomically. After a crash,
             ``rb.Posterior.load(checkpoint, model).resume()`` finishes the run with the same
             draws an uninterrupted run gives (see ``_checkpoint``).
+        coords, dims: labels for :meth:`Posterior.to_inference_data`, as in ``az.from_numpyro``:
+            ``coords={"school": names}, dims={"theta": ["school"]}`` (``dims`` keys are variable
+            names: attribute paths, or ``"obs"``/your keys for the log-likelihood).
         **kernel_kwargs: passed to the kernel (``dense_mass``, ``target_accept_prob``,
             ``max_tree_depth``, ...).
 
@@ -248,6 +252,9 @@ def sample(
     else:
         mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
         post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+    post.coords, post.dims = coords, dims
+    if coords is not None or dims is not None:
+        post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
     check_draws(post._samples, post.sample_stats)
     return post
 
@@ -258,11 +265,11 @@ def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
     return _EXTRA_FIELDS if isinstance(mcmc.sampler, HMC) else ()
 
 
-def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
+def _sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[str, np.ndarray]:
     if "num_steps" not in extra:
         return {}
     n_steps = np.asarray(extra["num_steps"])
-    return {
+    out = {
         "diverging": np.asarray(extra["diverging"], dtype=bool),
         "n_steps": n_steps,
         "tree_depth": tree_depth(n_steps),
@@ -271,6 +278,10 @@ def _sample_stats(extra: dict[str, Array]) -> dict[str, np.ndarray]:
         "acceptance_rate": np.asarray(extra["accept_prob"]),
         "step_size": np.asarray(extra["adapt_state.step_size"]),
     }
+    if max_tree_depth is not None:  # NUTS: (warmup, sampling) depths or one for both
+        depth = max_tree_depth[-1] if isinstance(max_tree_depth, tuple) else max_tree_depth
+        out["reached_max_treedepth"] = out["tree_depth"] >= int(depth)
+    return out
 
 
 def _batched_unwrap(static: PyTree, samples: PyTree) -> PyTree:
@@ -311,11 +322,14 @@ class Posterior:
         self._last_state = None
         self._writer = None  # a checkpoint directory's writer: resume keeps writing there
         self._config = None  # the kernel settings, when loaded from a checkpoint
+        self.coords: dict | None = None  # az.from_numpyro's coords/dims, used by to_inference_data
+        self.dims: dict | None = None
+        self.inference_library = "numpyro"  # attrs["inference_library"]; rb.blackjax sets "blackjax"
 
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
-        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True))
+        stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None))
         post = cls(model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args,
                    log_likelihood=log_likelihood)
         post._last_state = mcmc.last_state
@@ -360,18 +374,40 @@ class Posterior:
             }
         return self._log_likelihood_values
 
-    def to_inference_data(self):
-        """``arviz.InferenceData`` with ``posterior`` (named by attribute paths),
-        ``sample_stats`` and, when a pointwise ``log_likelihood`` was given, ``log_likelihood``.
+    def to_inference_data(self, *, coords: dict | None = None, dims: dict | None = None):
+        """ArviZ data (``InferenceData`` on ArviZ 0.2x, ``xarray.DataTree`` on 1.x) with the groups
+        ``posterior`` (variables named by attribute paths), ``unconstrained_posterior`` (the
+        sampled free arrays, named by their paths: ``"sigma.unconstrained"``), ``sample_stats``
+        (with ``reached_max_treedepth`` under NUTS) and, when a pointwise ``log_likelihood`` was
+        given, ``log_likelihood``. ``coords``/``dims`` mean what they mean in ``az.from_numpyro``
+        (default: those given to ``rb.sample``); an unconstrained array of the same shape as its
+        value takes the value's dims. The attrs name ``inference_library="numpyro"`` and the versions.
 
         Example:
-            >>> import arviz as az  # doctest: +SKIP
-            >>> az.summary(posterior.to_inference_data())  # doctest: +SKIP
+            >>> import jax, numpyro.distributions as dist
+            >>> import reparam_bridge as rb
+            >>> from reparam_bridge import _arviz
+            >>> model = {"theta": rb.Positive(jax.numpy.ones(2))}
+            >>> post = rb.sample(model, lambda m: dist.Exponential(1.0).log_prob(m["theta"]).sum(),
+            ...                  key=jax.random.key(0), num_warmup=50, num_samples=50, num_chains=1,
+            ...                  progress_bar=False, coords={"arm": ["a", "b"]}, dims={"theta": ["arm"]})
+            >>> idata = post.to_inference_data()
+            >>> _arviz.group(idata, "unconstrained_posterior")["theta.unconstrained"].dims
+            ('chain', 'draw', 'arm')
+            >>> _arviz.attrs(idata)["inference_library"]
+            'numpyro'
         """
-        return to_inference_data(
+        from ._paths import leaves_with_paths
+
+        unconstrained = {p: np.asarray(x) for p, x in leaves_with_paths(partition(self.unconstrained)[0])}
+        return _arviz.to_inference_data(
             draws_to_dict(self.model, self.draws),
             sample_stats=self.sample_stats,
             log_likelihood=self._pointwise_log_likelihood(),
+            unconstrained_posterior=unconstrained,
+            coords=self.coords if coords is None else coords,
+            dims=self.dims if dims is None else dims,
+            inference_library=self.inference_library,
         )
 
     def resume(self, num_samples: int | None = None, *, progress_bar: bool = False,
@@ -411,6 +447,7 @@ class Posterior:
         out = Posterior(self.model, self._static, samples, stats, mcmc=mcmc, log_joint=self._log_joint,
                         args=self._args, log_likelihood=self._log_likelihood)
         out._last_state, out._writer, out._config = last_state, self._writer, self._config
+        out.coords, out.dims = self.coords, self.dims
         check_draws(out._samples, out.sample_stats, "resume")
         return out
 
@@ -447,53 +484,25 @@ class Posterior:
         of the sampled free arrays) and ``meta.json`` (sizes and the model's signature) into
         ``directory``, atomically: a new directory is built beside it and swapped in, so a
         crash leaves the old contents or the new, never a mix."""
-        idata = self.to_inference_data()
-
-        def build(tmp):
-            idata.to_netcdf(os.path.join(tmp, "posterior.nc"))
-            eqx.tree_serialise_leaves(os.path.join(tmp, "unconstrained.eqx"), self._samples)
-            with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump({"num_chains": self.num_chains, "num_draws": self.num_draws,
-                           "signature": _persist.signature(self.model)}, f)
-
-        _persist.replace_directory(build, os.fspath(directory))
+        _persist.save_posterior(self, os.fspath(directory))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: PyTree) -> "Posterior":
         """Read what :meth:`save` or ``rb.sample(..., checkpoint=directory)`` wrote; ``model``
         gives the structure (any values) and must match what was saved (names, wrapper kinds,
         shapes, dtypes): a mismatch, a missing or a damaged file is an error naming it."""
-        from ._arviz import import_arviz
-
         _checks.check_no_foreign(model, "Posterior.load")
         params, static = partition(model)
         like = lambda n, c=None: jax.tree_util.tree_map(  # noqa: E731
             lambda x: jnp.zeros((c if c is not None else 1, n, *x.shape), x.dtype), params)
-        if _checkpoint.is_checkpoint(directory):
-            got = _checkpoint.load(directory, model, like)
-            lj, args, ll = got.target if got.target is not None else (None, (), None)
-            post = cls(model, static, got.samples, _sample_stats(got.extras) if got.extras else {},
-                       log_joint=lj, args=args, log_likelihood=ll)
-            post._last_state, post._writer, post._config = got.state, got.writer, got.config
-            return post
-        az = import_arviz()
-        d = os.fspath(directory)
-        meta = _persist.read_json(os.path.join(d, "meta.json"), "Posterior.load")
-        if "signature" in meta:
-            _persist.check_model(meta["signature"], model, d, "Posterior.load")
-        shaped = like(meta["num_draws"], meta["num_chains"])
-        samples = _persist.read(os.path.join(d, "unconstrained.eqx"),
-                                lambda p: eqx.tree_deserialise_leaves(p, shaped), "Posterior.load")
-
-        def read_nc(p):
-            idata = az.from_netcdf(p)
-            stats = {k: np.asarray(v) for k, v in idata.sample_stats.data_vars.items()} if "sample_stats" in idata else {}
-            loglik = ({k: np.asarray(v) for k, v in idata.log_likelihood.data_vars.items()}
-                      if "log_likelihood" in idata else None)
-            return stats, loglik
-
-        stats, loglik = _persist.read(os.path.join(d, "posterior.nc"), read_nc, "Posterior.load")
-        return cls(model, static, samples, stats, log_likelihood_values=loglik)
+        if not _checkpoint.is_checkpoint(directory):
+            return _persist.load_posterior(cls, os.fspath(directory), model, static, like)
+        got = _checkpoint.load(directory, model, like)
+        lj, args, ll = got.target if got.target is not None else (None, (), None)
+        post = cls(model, static, got.samples, _sample_stats(got.extras) if got.extras else {},
+                   log_joint=lj, args=args, log_likelihood=ll)
+        post._last_state, post._writer, post._config = got.state, got.writer, got.config
+        return post
 
     def __repr__(self) -> str:
         div = int(np.sum(self.sample_stats.get("diverging", 0)))

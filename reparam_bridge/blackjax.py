@@ -135,4 +135,6 @@ def posterior(
                 f"chain ({chains})."
             )
         stats["step_size"] = np.broadcast_to(size.reshape(-1, 1) if size.ndim else size, (chains, draws)).copy()
-    return Posterior(model, static, positions, stats)
+    post = Posterior(model, static, positions, stats)
+    post.inference_library = "blackjax"
+    return post

@@ -28,7 +28,8 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
-from ._arviz import draws_to_dict, import_arviz, to_inference_data
+from . import _arviz, _plots
+from ._arviz import draws_to_dict
 from ._checks import check_choice
 from ._density import check_bijective, partition
 from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
@@ -167,15 +168,6 @@ def _per_element(draws: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def _az_stat(fn_name: str, x: np.ndarray, **kwargs: Any) -> float:
-    az = import_arviz()
-    if hasattr(az, fn_name):  # ArviZ 0.x; errors from it are real and propagate
-        return float(np.asarray(getattr(az, fn_name)(x, **kwargs)))
-    import arviz_stats  # type: ignore[import-not-found]  # ArviZ >= 1.0 moved the array functions
-
-    return float(np.asarray(getattr(arviz_stats, fn_name)(x, chain_axis=0, draw_axis=1, **kwargs)))
-
-
 def _condition_numbers(posterior: Any) -> tuple[float, float]:
     """Condition numbers of the covariance and of the correlation matrix of the unconstrained
     draws (the latter is what NUTS sees after adapting its diagonal mass matrix)."""
@@ -203,9 +195,9 @@ def summarize(posterior: Any, seconds: float = math.nan) -> dict[str, float]:
     ``nan`` in the columns that need it."""
     draws = draws_to_dict(posterior.model, posterior.draws)
     elems = _per_element(draws)
-    ess_bulk = [_az_stat("ess", x, method="bulk") for x in elems]
-    ess_tail = [_az_stat("ess", x, method="tail") for x in elems]
-    rhat = [_az_stat("rhat", x) for x in elems]
+    ess_bulk = [_arviz.ess(x, "bulk") for x in elems]
+    ess_tail = [_arviz.ess(x, "tail") for x in elems]
+    rhat = [_arviz.rhat(x) for x in elems]
     stats = posterior.sample_stats or {}
     n_grad = int(np.sum(stats["n_steps"])) if "n_steps" in stats else math.nan
     min_bulk = float(np.nanmin(ess_bulk))
@@ -344,12 +336,9 @@ def _posterior_arrays(posterior: Any, unconstrained: bool = False) -> tuple[dict
         return draws, None if div is None else np.asarray(div, dtype=bool)
     if unconstrained:
         raise TypeError("plot: unconstrained=True needs a Posterior (an InferenceData holds constrained values only).")
-    group = posterior["posterior"] if not hasattr(posterior, "posterior") else posterior.posterior
-    draws = {str(k): np.asarray(v) for k, v in group.data_vars.items()}
-    div = None
-    stats = getattr(posterior, "sample_stats", None)
-    if stats is not None and "diverging" in stats:
-        div = np.asarray(stats["diverging"], dtype=bool)
+    draws = {str(k): np.asarray(v) for k, v in _arviz.group(posterior, "posterior").data_vars.items()}
+    stats = _arviz.group(posterior, "sample_stats")
+    div = np.asarray(stats["diverging"], dtype=bool) if stats is not None and "diverging" in stats else None
     return draws, div
 
 
@@ -379,14 +368,7 @@ def _select(draws: Mapping[str, np.ndarray], spec: str) -> np.ndarray:
     return arr
 
 
-def _pyplot():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_pyplot = _plots.pyplot
 
 
 def _save(fig: Any, path: str | os.PathLike) -> str:
@@ -405,8 +387,9 @@ def plot_pair(
     unconstrained: bool = False,
     title: str | None = None,
 ) -> str:
-    """Scatter of every pair of ``var_names`` with divergent transitions marked (ArviZ
-    ``plot_pair(divergences=True)``), written to the PNG ``path``.
+    """Scatter of every pair of ``var_names`` with divergent transitions marked in red (as
+    ArviZ's ``plot_pair(divergences=True)``, drawn with matplotlib so it is the same figure on
+    ArviZ 0.2x and 1.x), written to the PNG ``path``.
 
     ``var_names`` entries are variable names as in ``to_inference_data()`` (``"mu"``),
     elements (``"theta[0]"``) or logs (``"log(tau)"``, the funnel's natural axis).
@@ -415,24 +398,12 @@ def plot_pair(
     paths (``"theta.unconstrained[0]"``, ``"tau.unconstrained"`` = log tau): the geometry the
     sampler actually sees. Returns ``path``.
     """
-    az = import_arviz()
-    plt = _pyplot()
     if len(var_names) < 2:
         raise ValueError("plot_pair: give at least two var_names.")
     draws, div = _posterior_arrays(posterior, unconstrained)
     selected = {spec: _select(draws, spec) for spec in var_names}
-    chains, n = next(iter(selected.values())).shape
-    div = np.zeros((chains, n), dtype=bool) if div is None else div
-    idata = to_inference_data(selected, sample_stats={"diverging": div})
-    size = 2.2 + 2.3 * (len(var_names) - 1)
-    ax = az.plot_pair(
-        idata, var_names=list(var_names), divergences=True, kind="scatter", figsize=(size, size),
-        scatter_kwargs={"alpha": 0.35, "s": 6},
-        divergences_kwargs={"color": "red", "marker": "o", "markersize": 5, "markeredgecolor": "k",
-                            "alpha": 0.9},
-    )
-    fig = np.ravel(ax)[0].get_figure()
-    n_div = int(div.sum())
+    fig = _plots.pair_figure(selected, div)
+    n_div = 0 if div is None else int(div.sum())
     fig.suptitle((title + "\n" if title else "") + f"{n_div} divergent transition(s) marked in red", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -445,23 +416,14 @@ def plot_trace(
     *,
     title: str | None = None,
 ) -> str:
-    """ArviZ trace plot (density and trace per variable, divergences as ticks at the bottom
-    of the traces), with labelled axes, written to the PNG ``path``. Returns ``path``."""
-    az = import_arviz()
-    plt = _pyplot()
+    """Trace plot (per-chain density and trace per variable, divergences as ticks at the
+    bottom of the traces), with labelled axes, written to the PNG ``path``. Drawn with
+    matplotlib, so it is the same figure on ArviZ 0.2x and 1.x. Returns ``path``."""
     draws, div = _posterior_arrays(posterior)
     if var_names is not None:
         draws = {spec: _select(draws, spec) if spec not in draws else draws[spec] for spec in var_names}
-    stats = {"diverging": div} if div is not None else None
-    idata = to_inference_data(draws, sample_stats=stats)
-    axes = np.atleast_2d(az.plot_trace(idata, compact=True, figsize=(10, 2.0 * len(draws) + 0.5)))
-    for row in axes:
-        name = row[0].get_title()
-        row[0].set_xlabel(name or "value")
-        row[0].set_ylabel("density")
-        row[1].set_xlabel("draw (after warmup)")
-        row[1].set_ylabel(name or "value")
-    fig = axes[0, 0].get_figure()
+    draws = {k: np.asarray(v) for k, v in draws.items()}
+    fig = _plots.trace_figure(draws, div)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

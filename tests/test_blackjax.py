@@ -17,7 +17,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._arviz import import_arviz
+from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "posteriordb" / "eight_schools-eight_schools_noncentered.json"
 
@@ -86,7 +86,6 @@ def test_posterior_rejects_wrong_positions():
 @pytest.mark.slow
 def test_blackjax_nuts_reproduces_eight_schools():
     blackjax = pytest.importorskip("blackjax")
-    az = import_arviz()
     ref, y, sigma = _data()
     fn, pos = rb.blackjax.logdensity(_model(), log_joint, y, sigma)
     num_chains, num_warmup, num_samples = 4, 500, 1000
