@@ -20,6 +20,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions import transforms as T
 
+from . import _checks
 from ._paths import path_to_str
 from ._unwrappable import (
     NonTrainable,
@@ -217,6 +218,7 @@ class _NamedBijector(Bijector):
         """Set the configuration fields, validate ``value`` (skipped when traced: under
         ``jit``/``vmap`` nothing concrete can be checked) and store its unconstrained image."""
         name = type(self).__name__
+        _checks.check_value_type(name, "value", value)
         value = _as_float_array(value)
         for key, val in {**config, "prior": prior, "unconstrained": value}.items():
             object.__setattr__(self, key, val)
@@ -230,6 +232,9 @@ class _NamedBijector(Bijector):
             object.__setattr__(self, "unconstrained", inner.transform().inv(value))
             return
         self._check_value(value)
+        for key, val in config.items():  # constant bounds must not grow the parameter
+            if isinstance(val, NonTrainable) and eqx.is_array(val.tree):
+                _checks.check_bound_shape(name, key, val.tree, value.shape)
         support = inner.support()
         if not bool(jnp.all(support(value))):
             raise ValueError(
@@ -241,6 +246,7 @@ class _NamedBijector(Bijector):
                 f"{name}: value is on the boundary of the support {_support_text(support)}, "
                 f"where the unconstrained image is infinite: {np.asarray(value)}. Move it inside."
             )
+        _checks.check_round_trip(name, value, inner.transform()(unconstrained), coupled=self.event_ndim > 0)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
             _check_prior(name, prior, support, value.shape)

@@ -281,3 +281,62 @@ def eval_density(fn: Callable, model: PyTree, args: tuple, what: str, fn_name: s
         e.add_note(f"{what}: raised by {fn_name}(unwrap(model), *args) while checking its output.")
         raise
     check_density_output(out, what, fn_name)
+
+
+# ----------------------------------------------------------------------------------------
+# constructors of the named bijectors (called from their shared ``_init_from_value``)
+
+
+def check_value_type(owner: str, name: str, value: Any) -> None:
+    """A real number or array: strings, objects and complex values are refused."""
+    if isinstance(value, (str, bytes)) or (not eqx.is_array_like(value) and not isinstance(value, (list, tuple))):
+        raise TypeError(f"{owner}: {name} must be a real number or array, got {type(value).__name__}.")
+    if jnp.iscomplexobj(value) or (isinstance(value, (list, tuple)) and np.iscomplexobj(np.asarray(value))):
+        raise TypeError(f"{owner}: {name} is complex ({value!r}); a constrained parameter is real. "
+                        "Store the real and imaginary parts as two real parameters.")
+
+
+def check_bound_shape(owner: str, name: str, bound: Any, value_shape: tuple[int, ...]) -> None:
+    """A bound must broadcast to the value's shape *without growing it*."""
+    shape = tuple(np.shape(bound))
+    try:
+        out = np.broadcast_shapes(shape, value_shape)
+    except ValueError:
+        out = None
+    if out != tuple(value_shape):
+        raise ValueError(
+            f"{owner}: {name} has shape {shape}, which does not broadcast to the value's shape "
+            f"{tuple(value_shape)} (it would {'change' if out is None else 'grow'} the parameter"
+            f"{'' if out is None else f' to {out}'}). Give one bound per element or a scalar."
+        )
+
+
+_ULPS = 32  # "a few ulps": an elementwise round trip (exp/log, sigmoid/logit) stays well within
+
+
+def check_round_trip(owner: str, value: Any, recovered: Any, *, coupled: bool = False) -> None:
+    """The constructor stores ``inv(value)``; ``recovered = transform(inv(value))`` must give
+    ``value`` back to within ``_ULPS`` ulps relative, else the value is not representable in
+    this dtype (e.g. a simplex entry far below the others' rounding error) and is refused.
+
+    ``coupled``: the map couples entries (simplex, Cholesky factors), whose dependent entries
+    (the last simplex entry, a Cholesky diagonal ``sqrt(1 - sum)``) are computed by
+    cancellation and lose digits even for ordinary values; there the tolerance is half the
+    digits (``sqrt(eps)`` relative), which still refuses the values that come back wrong."""
+    v, r = np.asarray(value), np.asarray(recovered)
+    if v.shape != r.shape or not np.issubdtype(v.dtype, np.floating):
+        return
+    eps = np.finfo(v.dtype).eps
+    tol = np.sqrt(eps) if coupled else _ULPS * eps
+    scale = np.where(v != 0, np.abs(v), np.max(np.abs(v), initial=0.0))
+    err = np.abs(r.astype(np.float64) - v.astype(np.float64))
+    bad = err > tol * scale
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(scale, np.finfo(v.dtype).tiny), 0))), v.shape)
+        where = f"[{', '.join(map(str, i))}]" if v.ndim else ""
+        raise ValueError(
+            f"{owner}: value{where} = {v[i]!r} is not representable in {v.dtype}: unwrapping would give "
+            f"{r[i]!r} (relative error {float(err[i] / max(scale[i], np.finfo(v.dtype).tiny)):.3g}). Use "
+            "float64 (jax.config.update('jax_enable_x64', True)) or move the value away from the "
+            "support's edge."
+        )

@@ -254,7 +254,7 @@ CONSTRUCT = [
     ("Positive(-1)", ValueError, ["Positive", "support"], lambda: rb.Positive(-1.0)),
     ("Positive(nan)", ValueError, ["Positive", "finite"], lambda: rb.Positive(float("nan"))),
     ("Positive(inf)", ValueError, ["Positive"], lambda: rb.Positive(float("inf"))),
-    ("Positive(0)-boundary", ValueError, ["Positive", "boundary"], lambda: rb.Positive(0.0)),
+    ("Positive(0)-boundary", ValueError, ["Positive", "support"], lambda: rb.Positive(0.0)),
     ("Real(nan)", ValueError, ["Real", "finite"], lambda: rb.Real(jnp.array([0.0, jnp.nan]))),
     ("Bounded-outside", ValueError, ["Bounded", "support"], lambda: rb.Bounded(2.0, lower=0.0, upper=1.0)),
     ("Bounded-lower-nan", ValueError, ["Bounded", "lower"], lambda: rb.Bounded(0.5, lower=float("nan"), upper=1.0)),
