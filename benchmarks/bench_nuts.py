@@ -38,7 +38,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
 
 import reparam_bridge as rb  # noqa: E402
-from reparam_bridge._sample import _EXTRA_FIELDS, _logdensity_fn  # noqa: E402
+
+# what rb.sample collects (its sample_stats), asked of the native MCMC too
+_EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
 ROOT = pathlib.Path(__file__).resolve().parent
 POSTERIORDB = ROOT.parent.parent / "shared" / "posteriordb"
@@ -287,9 +289,7 @@ def run_native(case, key, init, settings):
         return mcmc, native_draws(mcmc), extra
 
     (mcmc, draws, extra), t_first = common.timed(first)
-    from reparam_bridge import _arviz
-
-    _, t_extract = common.timed(lambda: _arviz.from_numpyro(mcmc, log_likelihood=False))
+    _, t_extract = common.timed(lambda: rb.arviz.from_numpyro(mcmc, log_likelihood=False))
     _, t_steady = common.timed(lambda: (mcmc.run(run_key, *case.native_args, init_params=init,
                                                  extra_fields=_EXTRA_FIELDS), mcmc.get_samples())[1])
     return dict(mcmc=mcmc, t_first=t_first, t_steady=t_steady, t_extract=t_extract, draws=draws,
@@ -303,7 +303,7 @@ def warmup_steps(case, side, res, settings) -> int:
     num = {k: settings[k] for k in ("num_warmup", "num_samples", "num_chains")}
     kw = {k: v for k, v in settings.items() if k not in num}
     if side == "bridge":
-        logdensity = _logdensity_fn(case.log_joint, rb.partition(case.model)[1], case.args)
+        logdensity = common.logdensity_fn(case.log_joint, rb.partition(case.model)[1], case.args)
         kernel, args = NUTS(potential_fn=lambda p: -logdensity(p), **kw), ()
     else:
         kernel, args = NUTS(case.native, **kw), case.native_args
@@ -316,7 +316,7 @@ def grad_times(case, init_native, init_bridge):
     """Seconds per ``value_and_grad`` of each potential, vmapped over the chains, measured
     inside one compiled loop (as NUTS calls it: no Python dispatch per call)."""
     params, static = rb.partition(case.model)
-    logdensity = _logdensity_fn(case.log_joint, static, case.args)
+    logdensity = common.logdensity_fn(case.log_joint, static, case.args)
     info = initialize_model(jax.random.key(0), case.native, model_args=case.native_args)
     pb, pn = rb.partition(init_bridge)[0], init_native
     vb = jax.vmap(jax.value_and_grad(lambda p: -logdensity(p)))

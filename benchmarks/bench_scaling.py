@@ -48,14 +48,13 @@ def child(p: int, warmup: int, samples: int, chains: int) -> dict:
     import numpy as np
 
     import reparam_bridge as rb
-    from reparam_bridge._sample import _logdensity_fn
 
     common.warm_up_arviz()  # one-off imports are not extraction
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     y = jax.random.lognormal(jax.random.key(0), shape=(p - 1,)) + 0.5 * jax.random.normal(jax.random.key(1), (p - 1,))
     model, log_joint = _model(p)
     params, static = rb.partition(model)
-    ld = _logdensity_fn(log_joint, static, (y,))
+    ld = common.logdensity_fn(log_joint, static, (y,))
     grad = common.grad_time_in_loop(jax.value_and_grad(ld), params, n=200)
     post, t_sample = common.timed(lambda: rb.sample(model, log_joint, y, key=jax.random.key(2), num_warmup=warmup,
                                                     num_samples=samples, num_chains=chains, max_tree_depth=6,
@@ -74,7 +73,6 @@ def extraction_grid(sizes, draws_list, repeats) -> list[dict]:
     import jax.numpy as jnp
 
     import reparam_bridge as rb
-    from reparam_bridge._sample import Posterior
 
     out = []
     for p in sizes:
@@ -84,7 +82,7 @@ def extraction_grid(sizes, draws_list, repeats) -> list[dict]:
             samples = jax.tree_util.tree_map(lambda x: 0.1 * jnp.ones((4, d, *x.shape), x.dtype), params)
             times = []
             for _ in range(repeats):
-                post = Posterior(model, static, samples, {})
+                post = rb.Posterior(model, static, samples, {})
                 times.append(common.timed(lambda: (post.draws, post.to_inference_data()))[1])
             out.append(dict(p=p, draws=4 * d, elements=4 * d * p, t=sorted(times)[len(times) // 2]))
             print(f"  extraction: {p:>7d} params x {4 * d:>5d} draws: {out[-1]['t'] * 1e3:8.1f} ms", flush=True)

@@ -84,22 +84,30 @@ def grad_time_in_loop(value_and_grad: Callable, params: Any, n: int = 500) -> fl
     return statistics.median(times)
 
 
+def logdensity_fn(log_joint, static, args):
+    """``params -> rb.log_density(log_joint, eqx.combine(params, static), *args)``: the
+    potential ``rb.sample`` hands NumPyro (negated there), through the public API only."""
+    import equinox as eqx
+
+    import reparam_bridge as rb
+
+    return lambda params: rb.log_density(log_joint, eqx.combine(params, static), *args, jacobian=True)
+
+
 def warm_up_arviz() -> None:
     """Import ArviZ/xarray and convert once, so no timed extraction pays the one-off imports."""
-    import numpy as np
+    import reparam_bridge as rb
 
-    from reparam_bridge._arviz import to_inference_data
-
-    to_inference_data({"a": np.zeros((2, 4))}, sample_stats={"diverging": np.zeros((2, 4), bool)})
+    rb.arviz.to_inference_data({"a": np.zeros((2, 4))}, sample_stats={"diverging": np.zeros((2, 4), bool)})
     min_bulk_ess({"a": np.random.default_rng(0).normal(size=(2, 50))})
 
 
 def min_bulk_ess(draws: dict[str, np.ndarray]) -> float:
     """Smallest bulk ESS over every scalar element of ``draws`` (``{name: (chain, draw, ...)}``)."""
-    from reparam_bridge import _arviz
+    import reparam_bridge as rb
 
-    posterior = _arviz.group(_arviz.to_inference_data({k: np.asarray(v) for k, v in draws.items()}), "posterior")
-    ess = _arviz.ess(posterior, method="bulk")
+    posterior = rb.arviz.group(rb.arviz.to_inference_data({k: np.asarray(v) for k, v in draws.items()}), "posterior")
+    ess = rb.arviz.ess(posterior, method="bulk")
     return float(min(np.nanmin(np.asarray(v)) for v in ess.data_vars.values()))
 
 

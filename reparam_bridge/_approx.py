@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._arviz import draws_to_dict, to_inference_data
+from ._arviz import to_inference_data
 from ._density import partition
+from ._naming import draws_to_dict
 
 
 class Approximation(eqx.Module):

@@ -29,15 +29,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
-from jaxtyping import PyTree
 
-from ._density import free_filter
-from ._paths import path_to_str
-from numpyro.distributions import Distribution
-
-from ._unwrappable import Unwrappable
+from ._naming import draws_to_dict, random_nodes  # noqa: F401 - moved to _naming; old import path
 
 
 def import_arviz():
@@ -47,44 +41,6 @@ def import_arviz():
         import arviz
 
     return arviz
-
-
-def _is_node(x: Any) -> bool:
-    # wrappers, and priors stored on a module (frozen, never posterior variables)
-    return isinstance(x, (Unwrappable, Distribution))
-
-
-def random_nodes(model: PyTree) -> list[tuple[str, int]]:
-    """``(name, index)`` of each top-level node of ``model`` (a wrapper or a plain array)
-    whose value depends on free arrays; ``index`` is its position among the leaves of
-    ``model`` flattened with wrappers as leaves."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_node)
-    free = treedef.flatten_up_to(free_filter(model))
-    return [
-        (path_to_str(path) if path else "value", i)
-        for i, ((path, _), is_free) in enumerate(zip(flat, free))
-        if any(jax.tree_util.tree_leaves(is_free))
-    ]
-
-
-def draws_to_dict(model: PyTree, draws: PyTree) -> dict[str, np.ndarray]:
-    """Flatten unwrapped ``draws`` (leaves shaped ``(chain, draw, ...)``) into
-    ``{dotted path: array}``, keeping only quantities that depend on free arrays.
-
-    A wrapper whose value is itself a PyTree (say a dict ``{"a": ..., "b": ...}``) gives one
-    variable per leaf: ``"pair.a"``, ``"pair.b"`` (just ``"a"``, ``"b"`` when that wrapper is
-    the whole model; a single array at the root is ``"value"``).
-    """
-    treedef = jax.tree_util.tree_structure(model, is_leaf=_is_node)
-    values = treedef.flatten_up_to(draws)
-    root_is_node = _is_node(model)  # a wrapper at the root: its value's own paths name it
-    out: dict[str, np.ndarray] = {}
-    for name, i in random_nodes(model):
-        for path, leaf in jax.tree_util.tree_flatten_with_path(values[i])[0]:
-            if hasattr(leaf, "shape") and np.issubdtype(np.asarray(leaf).dtype, np.number):
-                key = name if not path else path_to_str(path) if root_is_node else f"{name}.{path_to_str(path)}"
-                out[key] = np.asarray(leaf)
-    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -347,14 +303,23 @@ def psislw(log_ratios: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, float
         (1.0, 0.185)
     """
     az = import_arviz()
-    log_ratios = np.asarray(log_ratios, dtype=np.float64)
+    log_ratios = np.asarray(log_ratios)
+    # rounding of the dtype the ratios were computed in (float32 models give float32 noise)
+    eps = np.finfo(log_ratios.dtype if np.issubdtype(log_ratios.dtype, np.floating) else np.float64).eps
+    log_ratios = log_ratios.astype(np.float64)
+    n = log_ratios.shape[-1]
+    tail = math.ceil(min(n / 5.0, 3 * math.sqrt(n / reff)))
+    top = np.sort(log_ratios, axis=-1)[..., -tail:]
+    if log_ratios.ndim == 1 and np.ptp(top) <= 64 * eps * max(1.0, float(np.abs(top).max())):
+        # q equals p in the tail (up to a few ulps of rounding): the weights need no smoothing and the
+        # Pareto fit is undefined (0.2x returns inf for equal values, 1.x raises or gives nan).
+        # A tail lighter than any Pareto's is k = -inf, the same on both lines.
+        return log_ratios - np.logaddexp.reduce(log_ratios), -math.inf
     if arviz_major() < 1:
         lw, khat = az.psislw(log_ratios, reff=reff)
         return np.asarray(lw), float(np.asarray(khat))
     from arviz_stats.base import array_stats
 
-    n = log_ratios.shape[-1]
-    tail = math.ceil(min(n / 5.0, 3 * math.sqrt(n / reff)))
     lw, khat = array_stats.psislw(-log_ratios, r_eff=9 * n / (tail + 0.5) ** 2)
     return np.asarray(lw), float(np.asarray(khat))
 

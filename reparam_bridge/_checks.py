@@ -28,7 +28,7 @@ from jaxtyping import PyTree
 from numpyro.distributions import Distribution
 
 from ._paths import path_to_str
-from ._unwrappable import NonTrainable, Unwrappable
+from ._tree import NonTrainable, Unwrappable
 
 
 class ReliabilityWarning(UserWarning):
@@ -272,7 +272,7 @@ def check_density_output(out: Any, what: str, fn_name: str = "log_joint") -> Non
 def eval_density(fn: Callable, model: PyTree, args: tuple, what: str, fn_name: str = "log_joint") -> None:
     """Trace ``fn(unwrap(model), *args)`` abstractly (no compile) and check its output."""
     from ._density import partition
-    from ._unwrappable import unwrap
+    from ._tree import unwrap
 
     params, static = partition(model)
     try:

@@ -2,14 +2,14 @@
 run after each optimiser step by :func:`fit`."""
 
 from abc import abstractmethod
-from typing import Self
+from typing import ClassVar, Self
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, PyTree
 
-from ._unwrappable import Unwrappable, unwrap
+from ._tree import Unwrappable, fold, unwrap
 
 
 class Constraint(Unwrappable[Array]):
@@ -19,6 +19,8 @@ class Constraint(Unwrappable[Array]):
     Constraints have no log-Jacobian, so :func:`sample` refuses them: use the matching
     :class:`Bijector` (``NonNegative`` → :class:`Positive`, ``Clamp`` → :class:`Bounded`).
     """
+
+    freeze_whole: ClassVar[bool] = True  # rb.non_trainable freezes a constraint whole (klax)
 
     @abstractmethod
     def apply(self) -> Self:
@@ -37,18 +39,8 @@ def apply(tree: PyTree) -> PyTree:
         Array([0., 0., 0.], dtype=float32)
     """
 
-    def _apply(tree, *, include_self: bool):
-        def _map_fn(leaf):
-            if isinstance(leaf, Constraint):
-                return _apply(leaf, include_self=False).apply()
-            return leaf
-
-        def is_leaf(x):
-            return isinstance(x, Constraint) and (include_self or x is not tree)
-
-        return jax.tree_util.tree_map(_map_fn, tree, is_leaf=is_leaf)
-
-    return _apply(tree, include_self=True)
+    # innermost first, Refs left in place: a projection changes the wrapped tree, not values
+    return fold(tree, lambda v: v.inner.apply() if isinstance(v.inner, Constraint) else v.inner, refs=False)
 
 
 def finalize(tree: PyTree) -> PyTree:

@@ -1,28 +1,61 @@
 """Free parameters and log-densities of wrapped trees."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
-from numpyro.distributions import Distribution
 
-from ._bijector import Bijector, walk_bijectors
-from ._paths import path_to_str
-from ._unwrappable import NonTrainable, Unwrappable, contains_refs, unwrap
-
-
-def _is_frozen(x: Any) -> bool:
-    return isinstance(x, (NonTrainable, Distribution))
+from . import _tree
+from ._bijectors import Bijector
+from ._tree import NonTrainable, contains_refs, free_filter
 
 
-def free_filter(tree: PyTree) -> PyTree:
-    """Boolean filter spec: ``True`` exactly at the free (optimised / sampled) arrays."""
-    return jax.tree_util.tree_map(
-        lambda x: False if _is_frozen(x) else eqx.is_inexact_array(x), tree, is_leaf=_is_frozen
-    )
+class BijectorTerm(NamedTuple):
+    """One bijector met by :func:`gather`: where it is, what it gave."""
+
+    path: str
+    node: Bijector  # as stored in the tree
+    inner: Bijector  # its sub-nodes unwrapped and Refs resolved
+    value: Any  # its constrained value
+    log_det: Array | None  # its log-Jacobian (None when not asked for)
+
+    @property
+    def prior(self):
+        return getattr(self.inner, "prior", None)
+
+
+class Gathered(NamedTuple):
+    values: PyTree  # the unwrapped tree
+    bijectors: list[BijectorTerm]  # every bijector outside NonTrainable, innermost first
+    non_bijective: list[tuple[str, str]]  # (path, class name) refused by the Jacobian density
+
+
+def gather(tree: PyTree, *, jacobian: bool = True) -> Gathered:
+    """Unwrap ``tree`` in one pass (:func:`_tree.fold`), evaluating each bijector's map once
+    (``unwrap_and_log_det()`` when ``jacobian``) and noting every wrapper that has no
+    log-Jacobian, outermost first."""
+    bijectors: list[BijectorTerm] = []
+    bad: list[tuple[str, str]] = []
+
+    def visit(v: _tree.Visit) -> Any:
+        if isinstance(v.inner, Bijector) and not v.frozen:
+            value, log_det = v.inner.unwrap_and_log_det() if jacobian else (v.inner.unwrap(), None)
+            bijectors.append(BijectorTerm(v.path, v.node, v.inner, value, log_det))
+            return value
+        if jacobian:
+            if isinstance(v.node, NonTrainable):
+                if contains_refs(v.node):  # stop_gradient would cut the referenced parameter's gradient
+                    bad.append((v.path, _FROZEN_REF))
+            elif not v.frozen:
+                bad.append((v.path, type(v.node).__name__))
+        return v.inner.unwrap()
+
+    values = _tree.fold(tree, visit)
+    # outermost first: a refused wrapper inside another is not named again
+    outer = [(p, c) for p, c in bad if not any(q == "<root>" or p.startswith(q + ".") for q, _ in bad if q != p)]
+    return Gathered(values, bijectors, outer)
 
 
 def partition(tree: PyTree) -> tuple[PyTree, PyTree]:
@@ -56,14 +89,43 @@ def log_prior(tree: PyTree) -> Float[Array, ""]:
         >>> round(float(rb.log_prior(tree)), 4)
         -0.9189
     """
+    return _prior_total(gather(tree, jacobian=False).bijectors)
+
+
+def prior_term(b: BijectorTerm) -> Float[Array, ""]:
+    """``sum(prior.log_prob(value))`` of one bijector, naming it if the prior fails."""
+    try:
+        return jnp.sum(b.prior.log_prob(b.value))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"log_prior: the prior of '{b.path}' fails on its value: {e}") from e
+
+
+def _prior_total(bijectors: list[BijectorTerm]) -> Float[Array, ""]:
     total = jnp.zeros(())
-    for path, _, inner in walk_bijectors(tree):
-        prior = getattr(inner, "prior", None)
-        if prior is not None:
-            try:
-                total = total + jnp.sum(prior.log_prob(inner.unwrap()))
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"log_prior: the prior of '{path}' fails on its value: {e}") from e
+    for b in bijectors:
+        if b.prior is not None:
+            total = total + prior_term(b)
+    return total
+
+
+def log_det_jacobian(tree: PyTree) -> Float[Array, ""]:
+    """Sum of the log-Jacobians of every bijector in ``tree`` (nested ones at their own
+    unwrapped inputs; :class:`NonTrainable` contents count for nothing).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import reparam_bridge as rb
+        >>> tree = {"s": rb.Positive(jnp.e), "x": jnp.zeros(2)}
+        >>> rb.log_det_jacobian(tree)  # d exp(u)/du = exp(u) = e
+        Array(1., dtype=float32)
+    """
+    return _log_det_total(gather(tree).bijectors)
+
+
+def _log_det_total(bijectors: list[BijectorTerm]) -> Float[Array, ""]:
+    total = jnp.zeros(())
+    for b in bijectors:
+        total = total + jnp.sum(b.log_det)
     return total
 
 
@@ -80,34 +142,26 @@ _FROZEN_REF = "NonTrainable holding an rb.Ref"
 
 def non_bijective_paths(tree: PyTree) -> list[tuple[str, str]]:
     """``(path, class name)`` of every wrapper in ``tree`` that has no log-Jacobian
-    (anything but a :class:`Bijector` or a :class:`NonTrainable`), outermost first."""
+    (anything but a :class:`Bijector` or a :class:`NonTrainable`), outermost first.
+    Structure only: nothing is computed."""
     found = []
-
-    def _visit(node, prefix):
+    # into bijectors only: below a NonTrainable nothing is free, below a refused wrapper
+    # nothing more needs naming
+    for path, node, _ in _tree.walk(tree, enter=lambda node: isinstance(node, Bijector)):
         if isinstance(node, NonTrainable):
             if contains_refs(node):  # stop_gradient would cut the referenced parameter's gradient
-                found.append((path_to_str(prefix), _FROZEN_REF))
-            return
-        if not isinstance(node, Bijector):
-            found.append((path_to_str(prefix), type(node).__name__))
-            return
-        for path, child in jax.tree_util.tree_flatten_with_path(
-            node, is_leaf=lambda x: isinstance(x, Unwrappable) and x is not node
-        )[0]:
-            if isinstance(child, Unwrappable) and child is not node:
-                _visit(child, prefix + tuple(path))
-
-    for path, leaf in jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: isinstance(x, Unwrappable)
-    )[0]:
-        if isinstance(leaf, Unwrappable):
-            _visit(leaf, tuple(path))
+                found.append((path, _FROZEN_REF))
+        elif not isinstance(node, Bijector):
+            found.append((path, type(node).__name__))
     return found
 
 
 def check_bijective(tree: PyTree, what: str = "log_density(..., jacobian=True)") -> None:
     """Raise ``TypeError`` naming the first wrapper that has no log-Jacobian."""
-    bad = non_bijective_paths(tree)
+    _raise_non_bijective(non_bijective_paths(tree), what)
+
+
+def _raise_non_bijective(bad: list[tuple[str, str]], what: str) -> None:
     if bad:
         path, cls = bad[0]
         if cls == _FROZEN_REF:
@@ -141,16 +195,15 @@ def log_density(
     from ._checks import check_no_foreign
 
     check_no_foreign(tree, "log_density")  # a trace-time walk: nothing per step under jit
+    g = gather(tree, jacobian=jacobian)
     if jacobian:
-        check_bijective(tree)
-    value = jnp.asarray(log_joint(unwrap(tree), *args))
+        _raise_non_bijective(g.non_bijective, "log_density(..., jacobian=True)")
+    value = jnp.asarray(log_joint(g.values, *args))
     if value.shape != ():
         raise ValueError(
             f"log_joint must return a scalar, got shape {value.shape}; sum the pointwise terms."
         )
-    total = value + log_prior(tree)
+    total = value + _prior_total(g.bijectors)
     if jacobian:
-        from ._bijector import log_det_jacobian
-
-        total = total + log_det_jacobian(tree)
+        total = total + _log_det_total(g.bijectors)
     return total

@@ -24,7 +24,7 @@ from ._constraint import apply, contains_constraints
 from ._convergence import Tolerance, report
 from ._density import check_bijective, partition
 from ._paths import path_to_str
-from ._unwrappable import unwrap
+from ._tree import unwrap
 from ._util import NegLogDensity
 
 

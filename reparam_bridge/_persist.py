@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from ._paths import path_to_str
-from ._unwrappable import Unwrappable
+from ._tree import Unwrappable
 
 FORMAT = 1
 
@@ -35,7 +35,7 @@ def library_version() -> str:
 
 def _owners(model: PyTree) -> dict[str, str]:
     """``{free-leaf path: class of the innermost wrapper holding it}``."""
-    from ._density import free_filter
+    from ._tree import free_filter
 
     out: dict[str, str] = {}
 

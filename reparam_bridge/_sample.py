@@ -14,12 +14,11 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
 from . import _arviz, _checkpoint, _checks, _persist
-from ._arviz import draws_to_dict
-from ._bijector import walk_bijectors
-from ._density import check_bijective, partition
+from ._density import check_bijective, gather, partition
+from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
 from ._trust import check_draws
-from ._unwrappable import unwrap
+from ._tree import unwrap
 from ._util import NegLogDensity, tree_depth
 
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
@@ -57,11 +56,12 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
 
 def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str | None:
     """Say which parameter makes the log-density at ``model`` non-finite (``None`` if finite)."""
-    for path, node, inner in walk_bijectors(model):
-        value = inner.unwrap()
+    bijectors = gather(model).bijectors
+    for b in bijectors:
+        path, node, value = b.path, b.node, b.value
         if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(value)):
             return f"the value of '{path}' ({type(node).__name__}) is not finite"
-        if not bool(jnp.isfinite(jnp.sum(inner.log_det_jacobian()))):
+        if not bool(jnp.isfinite(jnp.sum(b.log_det))):
             return f"the log-Jacobian of '{path}' ({type(node).__name__}) is not finite"
         prior = getattr(node, "prior", None)
         if prior is not None and not bool(jnp.isfinite(jnp.sum(prior.log_prob(value)))):
@@ -79,7 +79,7 @@ def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str |
         return None
     # log_joint itself is -inf/nan (say, a data-dependent bound is violated): name the
     # parameters that, moved alone, make it finite; else those with a non-finite gradient.
-    owners = sorted((p for p, _, _ in walk_bijectors(model)), key=len, reverse=True)
+    owners = sorted((b.path for b in bijectors), key=len, reverse=True)
     name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)  # noqa: E731
     suspects = list(dict.fromkeys(name(p) for p in _movable_leaves(jax.jit(lj), params)))
     if suspects:

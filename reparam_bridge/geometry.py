@@ -29,9 +29,9 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _arviz, _plots
-from ._arviz import draws_to_dict
 from ._checks import check_choice
 from ._density import check_bijective, partition
+from ._naming import draws_to_dict
 from ._util import coordinate_names, neg_log_density_hessian  # noqa: F401 - coordinate_names: public here before _util
 
 __all__ = ["Curvature", "curvature", "compare", "plot_pair", "plot_trace", "plot_condition_numbers"]

@@ -22,10 +22,10 @@ import numpyro.distributions as dist
 from jaxtyping import Array, PyTree
 from numpyro.distributions import Distribution, constraints
 
-from ._bijector import _check_prior, log_det_jacobian, walk_bijectors
-from ._density import check_bijective, free_filter, log_prior, partition
+from ._bijectors.checks import check_prior
+from ._density import check_bijective, gather, partition, prior_term
 from ._paths import path_to_str
-from ._unwrappable import NonTrainable, Ref, Unwrappable, unwrap
+from ._tree import NonTrainable, Unwrappable, free_filter, top_level
 
 __all__ = ["from_values", "init_values", "module", "random_module"]
 
@@ -34,10 +34,6 @@ PriorSpec = Mapping[str, Distribution] | Callable[[str, tuple[int, ...]], Distri
 
 def _site(name: str, path: str) -> str:
     return name if path == "<root>" else f"{name}.{path}"
-
-
-def _is_node(x: Any) -> bool:
-    return isinstance(x, (Unwrappable, Ref, Distribution))
 
 
 def _free_leaves(tree: PyTree) -> tuple[list[tuple[str, Array]], Any, PyTree]:
@@ -49,8 +45,7 @@ def _free_leaves(tree: PyTree) -> tuple[list[tuple[str, Array]], Any, PyTree]:
 
 def _plain_paths(tree: PyTree) -> dict[str, Array]:
     """Free arrays that sit outside every wrapper: their own constrained value."""
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_node)[0]
-    return {path_to_str(k): x for k, x in flat if not _is_node(x) and eqx.is_inexact_array(x)}
+    return {path: x for path, x in top_level(tree)[0] if eqx.is_inexact_array(x)}
 
 
 def _expand_to(prior: Distribution, shape: tuple[int, ...], what: str) -> Distribution:
@@ -72,7 +67,7 @@ def _resolve_priors(name: str, tree: PyTree, prior: PriorSpec) -> tuple[dict, di
     if prior is None:
         return {}, {}
     plain = _plain_paths(tree)
-    wrapped = {path: inner for path, _, inner in walk_bijectors(tree)}
+    wrapped = {b.path: b for b in gather(tree, jacobian=False).bijectors}
     where = f"rb.numpyro.random_module({name!r})"
     if isinstance(prior, Distribution):
         raise TypeError(
@@ -89,8 +84,8 @@ def _resolve_priors(name: str, tree: PyTree, prior: PriorSpec) -> tuple[dict, di
         items = dict(prior)
     elif callable(prior):
         items = {p: prior(p, tuple(jnp.shape(x))) for p, x in plain.items()}
-        for p, inner in wrapped.items():
-            value = inner.unwrap()
+        for p, b in wrapped.items():
+            value = b.value
             shape = tuple(jnp.shape(value)) if eqx.is_array(value) else jax.tree_util.tree_map(jnp.shape, value)
             items[p] = prior(p, shape)
         items = {p: d for p, d in items.items() if d is not None}
@@ -105,12 +100,12 @@ def _resolve_priors(name: str, tree: PyTree, prior: PriorSpec) -> tuple[dict, di
         if path in plain:
             plain_priors[path] = _expand_to(d, tuple(jnp.shape(plain[path])), what)
             continue
-        inner = wrapped[path]
-        value = inner.unwrap()
+        b = wrapped[path]
+        value = b.value
         if not eqx.is_array(value):
             raise ValueError(f"{what}: the value there is a PyTree, not an array; put priors on its parts' bijectors.")
-        if hasattr(inner, "support"):
-            _check_prior(what, d, inner.support())
+        if hasattr(b.inner, "support"):
+            check_prior(what, d, b.inner.support())
         if jnp.broadcast_shapes(d.shape(), jnp.shape(value)) != jnp.shape(value):
             raise ValueError(f"{what}: the prior's shape {d.shape()} is larger than the value's shape {jnp.shape(value)}.")
         wrapped_priors[path] = d
@@ -119,13 +114,13 @@ def _resolve_priors(name: str, tree: PyTree, prior: PriorSpec) -> tuple[dict, di
 
 def _deterministic_sites(name: str, tree: PyTree, values: PyTree) -> None:
     """One deterministic site per array in the value of each top-level wrapper."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_node)
-    for (keypath, node), value in zip(flat, treedef.flatten_up_to(values)):
+    flat, treedef = top_level(tree)
+    for (path, node), value in zip(flat, treedef.flatten_up_to(values)):
         if not isinstance(node, Unwrappable) or isinstance(node, NonTrainable):
             continue
         if not any(jax.tree_util.tree_leaves(free_filter(node))):
             continue
-        base = _site(name, path_to_str(keypath))
+        base = _site(name, path)
         for sub, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
             if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.number):
                 numpyro.deterministic(f"{base}.{path_to_str(sub)}" if sub else base, leaf)
@@ -200,17 +195,17 @@ def random_module(name: str, module: PyTree, prior: PriorSpec = None) -> PyTree:
             new.append(numpyro.sample(site, dist.ImproperUniform(constraints.real, (), jnp.shape(leaf))))
     tree = eqx.combine(jax.tree_util.tree_unflatten(treedef, new), static)
 
-    walked = list(walk_bijectors(tree))
-    if walked:
-        numpyro.factor(f"{name}._log_det_jacobian", log_det_jacobian(tree))
+    g = gather(tree)  # one pass: values, log-Jacobians and the values the priors need
+    if g.bijectors:
+        numpyro.factor(f"{name}._log_det_jacobian", sum(jnp.sum(b.log_det) for b in g.bijectors))
     terms = []
-    for path, _, inner in walked:
-        d = wrapped_priors.get(path, getattr(inner, "prior", None))
+    for b in g.bijectors:
+        d = wrapped_priors.get(b.path, b.prior)
         if d is not None:
-            terms.append(jnp.sum(d.log_prob(inner.unwrap())))
+            terms.append(jnp.sum(d.log_prob(b.value)))
     if terms:
         numpyro.factor(f"{name}._log_prior", sum(terms))
-    values = unwrap(tree)
+    values = g.values
     _deterministic_sites(name, module, values)
     return values
 
@@ -249,9 +244,11 @@ def module(name: str, module: PyTree) -> PyTree:
     leaves, treedef, static = _free_leaves(module)
     new = [numpyro.param(_site(name, path), leaf) for path, leaf in leaves]
     tree = eqx.combine(jax.tree_util.tree_unflatten(treedef, new), static)
-    if any(getattr(inner, "prior", None) is not None for _, _, inner in walk_bijectors(tree)):
-        numpyro.factor(f"{name}._log_prior", log_prior(tree))
-    return unwrap(tree)
+    g = gather(tree, jacobian=False)
+    priors = [prior_term(b) for b in g.bijectors if b.prior is not None]
+    if priors:
+        numpyro.factor(f"{name}._log_prior", sum(priors))
+    return g.values
 
 
 def init_values(name: str, module: PyTree) -> dict[str, Array]:

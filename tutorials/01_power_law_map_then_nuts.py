@@ -42,7 +42,7 @@ def log_joint(m: PowerLaw, x, y):
 
 
 def main(fast: bool, out: str) -> list[str]:
-    from reparam_bridge import _arviz as az  # ArviZ 0.2x/1.x adapter: same summary on both
+    az = rb.arviz  # ArviZ 0.2x/1.x adapter: same summary on both
 
     os.makedirs(out, exist_ok=True)
     num_warmup, num_samples, num_chains = (150, 150, 2) if fast else (1000, 1000, 4)

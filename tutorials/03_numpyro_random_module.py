@@ -61,7 +61,7 @@ def predict(kernel, noise, x, y, grid):
 
 
 def main(fast: bool, out: str) -> list[str]:
-    from reparam_bridge import _arviz as az  # ArviZ 0.2x/1.x adapter
+    az = rb.arviz  # ArviZ 0.2x/1.x adapter
 
     os.makedirs(out, exist_ok=True)
     kx, ky = jax.random.split(jax.random.key(0))

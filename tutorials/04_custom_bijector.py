@@ -83,7 +83,7 @@ def check_log_jacobian(num_points: int = 5) -> float:
 
 
 def main(fast: bool, out: str) -> list[str]:
-    from reparam_bridge import _arviz as az  # ArviZ 0.2x/1.x adapter
+    az = rb.arviz  # ArviZ 0.2x/1.x adapter
 
     os.makedirs(out, exist_ok=True)
 

@@ -20,8 +20,10 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 from numpyro.distributions import Distribution, constraints
 
-from ._bijector import Bijector, _as_float_array, _build, _check_prior, _is_traced, frozen_or_live
-from ._unwrappable import _unwrap_plain, contains_refs, resolve_refs, unwrap
+from .. import _tree
+from .._tree import contains_refs, unwrap
+from .base import Bijector
+from .checks import as_float_array, build, check_prior, frozen_or_live, is_traced
 
 
 def _check_centered(centered: Any) -> float:
@@ -57,9 +59,15 @@ def _inverse(x: Array, loc: Array, scale: Array, c: float) -> Array:
     return c * loc + (x - loc) / _scale_power(scale, c)
 
 
-def _check_values(x: Array, loc: Array, scale: Array, where: str) -> None:
-    if _is_traced(x, loc, scale):
-        return
+def _check_values(x: Array, loc: Array, scale: Array, where: str) -> Array:
+    """``x``, checked with ``loc`` and ``scale``; when traced, by ``eqx.error_if`` at run time."""
+    if is_traced(x, loc, scale):
+        try:
+            jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc), jnp.shape(scale))
+        except ValueError:
+            raise ValueError(f"{where}: value, loc and scale shapes do not broadcast.") from None
+        ok = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(loc)) & jnp.all(jnp.isfinite(scale)) & jnp.all(scale > 0)
+        return eqx.error_if(x, ~ok, f"{where}: value, loc and scale must be finite and scale positive.")
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{where}: value must be finite, got {np.asarray(x)}.")
     if not (bool(jnp.all(jnp.isfinite(loc))) and bool(jnp.all(jnp.isfinite(scale)))):
@@ -73,6 +81,7 @@ def _check_values(x: Array, loc: Array, scale: Array, where: str) -> None:
             f"{where}: value, loc and scale shapes {jnp.shape(x)}, {jnp.shape(loc)}, {jnp.shape(scale)} "
             "do not broadcast."
         ) from None
+    return x
 
 
 class LocScale(Bijector):
@@ -146,7 +155,7 @@ class LocScale(Bijector):
         self.scale = frozen_or_live("scale", scale, owner="LocScale", required=True)
         self.centered = c
         self.prior = prior
-        x = _as_float_array(value)
+        x = as_float_array(value)
         if contains_refs((self.loc, self.scale)):
             if c != 1.0:
                 raise TypeError(
@@ -156,16 +165,16 @@ class LocScale(Bijector):
                     f"m.<path>, centered={c}), or pass the free array with "
                     "LocScale.from_unconstrained(x_tilde, loc, scale, centered=...)."
                 )
-            if not _is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
+            if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
                 raise ValueError(f"LocScale: value must be finite, got {np.asarray(x)}.")
             self.unconstrained = x
         else:
-            loc_v, scale_v = _unwrap_plain(self.loc), _unwrap_plain(self.scale)
-            _check_values(x, loc_v, scale_v, "LocScale")
+            loc_v, scale_v = unwrap(self.loc), unwrap(self.scale)
+            x = _check_values(x, loc_v, scale_v, "LocScale")
             shape = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(loc_v), jnp.shape(scale_v))
             self.unconstrained = jnp.broadcast_to(_inverse(x, loc_v, scale_v, c), shape).astype(x.dtype)
         if prior is not None:
-            _check_prior("LocScale", prior, constraints.real, jnp.shape(self.unconstrained))
+            check_prior("LocScale", prior, constraints.real, jnp.shape(self.unconstrained))
 
     @classmethod
     def from_unconstrained(
@@ -185,9 +194,9 @@ class LocScale(Bijector):
             >>> rb.unwrap({"mu": 1.0, "tau": 4.0, "t": t})["t"]
             Array(3., dtype=float32)
         """
-        return _build(
+        return build(
             cls,
-            unconstrained=_as_float_array(unconstrained),
+            unconstrained=as_float_array(unconstrained),
             loc=frozen_or_live("loc", loc, owner="LocScale", required=True),
             scale=frozen_or_live("scale", scale, owner="LocScale", required=True),
             centered=_check_centered(centered),
@@ -218,7 +227,6 @@ class LocScale(Bijector):
             (Array(0.5, dtype=float32), Array(3., dtype=float32))
         """
         c = _check_centered(centered)
-        node = self
         if contains_refs(self):
             if root is None:
                 raise TypeError(
@@ -226,11 +234,10 @@ class LocScale(Bijector):
                     "whole tree; pass root=<the wrapped model>, or use rb.reparameterize(model, where, "
                     "centered=...)."
                 )
-            node = resolve_refs(self, unwrap(root), strict=False)
-        inner = _unwrap_plain(node, include_self=False)
+        inner = _tree.inner(self, root if contains_refs(self) else None)
         x = inner.unwrap()
         xt = _inverse(x, inner.loc, inner.scale, c)
-        return _build(type(self), unconstrained=xt, loc=self.loc, scale=self.scale, centered=c, prior=self.prior)
+        return build(type(self), unconstrained=xt, loc=self.loc, scale=self.scale, centered=c, prior=self.prior)
 
 
 def reparameterize(
@@ -258,12 +265,12 @@ def reparameterize(
         >>> nc["theta"].unconstrained, rb.unwrap(nc)["theta"]
         (Array([ 1. , -0.5], dtype=float32), Array([3., 0.], dtype=float32))
     """
-    from ._bijector import Real
+    from .named import Real
 
     c = _check_centered(centered)
     node = where(model)
     values = unwrap(model)
-    x = _as_float_array(where(values))
+    x = as_float_array(where(values))
     if isinstance(node, LocScale):
         loc = node.loc if loc is None else loc
         scale = node.scale if scale is None else scale
@@ -282,13 +289,13 @@ def reparameterize(
             "(Positive, Bounded, ...) cannot become one."
         )
     new = LocScale.from_unconstrained(x, loc, scale, centered=1.0, prior=prior)
-    loc_v, scale_v = _resolved(new, values)
-    _check_values(x, loc_v, scale_v, "reparameterize")
+    loc_v, scale_v = _resolved(new, model)
+    x = _check_values(x, loc_v, scale_v, "reparameterize")
     xt = _inverse(x, loc_v, scale_v, c)
     new = LocScale.from_unconstrained(xt.astype(x.dtype), new.loc, new.scale, centered=c, prior=prior)
     return eqx.tree_at(where, model, new)
 
 
-def _resolved(node: LocScale, root_values: PyTree) -> tuple[Array, Array]:
-    inner = _unwrap_plain(resolve_refs(node, root_values, strict=False), include_self=False)
+def _resolved(node: LocScale, root: PyTree) -> tuple[Array, Array]:
+    inner = _tree.inner(node, root)
     return jnp.asarray(inner.loc), jnp.asarray(inner.scale)

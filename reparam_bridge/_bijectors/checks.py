@@ -1,0 +1,124 @@
+"""Checks and construction helpers shared by the bijectors: values, bounds, priors."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+from numpyro.distributions import Distribution, constraints
+
+from .._tree import NonTrainable, Ref, Unwrappable
+
+def build(cls, **fields):
+    """Create a Module instance without running ``__init__`` (no validation): the path
+    ``from_unconstrained`` uses, safe under ``jit`` and ``vmap``."""
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
+
+
+def as_float_array(value: ArrayLike) -> Array:
+    arr = jnp.asarray(value)
+    dtype = arr.dtype if jnp.issubdtype(arr.dtype, jnp.inexact) else jnp.result_type(float)
+    return jnp.asarray(value, dtype=dtype)  # an explicit dtype drops JAX's weak type
+
+
+def is_traced(*xs: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
+
+
+def frozen_or_live(name: str, x: Any, *, owner: str = "Bounded", required: bool = False) -> Any:
+    """A configuration field: constants are frozen in a :class:`NonTrainable` (never free,
+    checked finite); wrapped parameters and :class:`Ref` s stay live."""
+    if x is None:
+        if required:
+            raise TypeError(f"{owner}: {name} is required (a constant, a wrapped parameter or rb.Ref).")
+        return None
+    if isinstance(x, (Unwrappable, Ref)):
+        return x
+    arr = as_float_array(x)
+    hint = "" if required else " (use None for no bound)"
+    if is_traced(arr):  # checked when the compiled function runs
+        arr = eqx.error_if(arr, ~jnp.all(jnp.isfinite(arr)), f"{owner}: {name} must be finite{hint}.")
+    elif not bool(jnp.all(jnp.isfinite(arr))):
+        raise ValueError(f"{owner}: {name} must be finite{hint}, got {x}.")
+    return NonTrainable(arr)
+
+
+def constraint_key(c: constraints.Constraint) -> tuple[str, tuple]:
+    """A comparable description of a NumPyro constraint: family and (concrete) bounds."""
+    while isinstance(c, constraints._IndependentConstraint):
+        c = c.base_constraint
+    if isinstance(c, constraints._Interval):  # interval, unit_interval, open_interval
+        return "interval", (c.lower_bound, c.upper_bound)
+    if isinstance(c, constraints._GreaterThan):  # positive is greater_than(0)
+        return "greater_than", (c.lower_bound,)
+    if isinstance(c, constraints._LessThan):
+        return "less_than", (c.upper_bound,)
+    if type(c).__name__ in ("_Real", "_RealVector", "_RealMatrix"):
+        return "real", ()
+    return type(c).__name__, ()
+
+
+def same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
+    (fa, ba), (fb, bb) = constraint_key(a), constraint_key(b)
+    if fa != fb:
+        return False
+    elementwise = ("real", "greater_than", "less_than", "interval")
+    if fa not in elementwise and a.event_dim != b.event_dim:  # e.g. zero_sum over 2 axes vs 1
+        return False
+    for x, y in zip(ba, bb):
+        if is_traced(x, y):
+            continue
+        if not np.allclose(np.asarray(x), np.asarray(y)):
+            return False
+    return True
+
+
+def support_text(c: constraints.Constraint) -> str:
+    family, bounds = constraint_key(c)
+    if is_traced(*bounds):
+        return family + "(traced bounds)"
+    return family + (str(tuple(np.asarray(b).tolist() for b in bounds)) if bounds else "")
+
+
+
+def check_prior(
+    name: str, prior: Distribution, support: constraints.Constraint, value_shape: tuple | None = None
+) -> None:
+    if not isinstance(prior, Distribution):
+        raise TypeError(f"{name}: prior must be a numpyro Distribution, got {type(prior).__name__}.")
+    if not same_support(prior.support, support):
+        raise ValueError(
+            f"{name}: the prior's support {support_text(prior.support)} does not match the "
+            f"bijector's support {support_text(support)}, so it would put mass where the value "
+            "cannot go (or none where it can). Use a prior on exactly this support (e.g. "
+            "HalfNormal/LogNormal/Exponential for a positive value, Beta or a TruncatedNormal with "
+            "these bounds for an interval), or write the term in log_joint."
+        )
+    if value_shape is not None:
+        shape = tuple(prior.batch_shape) + tuple(prior.event_shape)
+        try:
+            grown = jnp.broadcast_shapes(shape, tuple(value_shape)) != tuple(value_shape)
+        except ValueError:
+            grown = True
+        if grown:
+            raise ValueError(
+                f"{name}: the prior has shape {shape} but the value has shape {tuple(value_shape)}; "
+                "its log-density would be counted more than once. Give the prior the value's shape "
+                "(or one that broadcasts to it)."
+            )
+
+
+def check_open_simplex(name: str, value: Array) -> None:
+    # NumPyro's simplex support is closed and its inverse stick-breaking clips, so a 0 in the
+    # last entry would otherwise pass as an unconstrained value of about ±87.
+    if not bool(jnp.all(value > 0)):
+        raise ValueError(
+            f"{name}: every entry must be > 0; a 0 lies on the boundary of the simplex, where the "
+            f"unconstrained image is infinite: {np.asarray(value)}. Move it inside."
+        )
+

@@ -1,0 +1,181 @@
+"""Constraint -> map: our own transforms, and a registry that falls back to NumPyro's.
+
+:data:`biject_to` is a :class:`numpyro.distributions.transforms.ConstraintRegistry` whose
+lookups fall back to NumPyro's ``biject_to``; a constraint type registered here takes
+precedence. Our own maps, each for a stated reason:
+
+* positive-ordered vectors: Stan's ``cumsum(exp(u))`` (NumPyro's exp∘ordered couples every
+  coordinate and samples an iid-Exponential prior worse);
+* correlation Cholesky factors and matrices: NumPyro's ``CorrCholeskyTransform`` computes
+  ``sqrt(1 - cumsum(y²))``, exactly 0 in float32 at |x| ≳ 10, so ``-inf`` log-Jacobians and
+  NaN gradients; ours works in log space;
+* lower Cholesky factors: NumPyro's map, so that float32 inputs work under ``jax_enable_x64``;
+* zero-sum vectors: the log-Jacobian measured on the first n-1 coordinates (our convention).
+
+:func:`forward_and_log_det` evaluates a map and its log-Jacobian in one pass, through
+NumPyro's ``call_with_intermediates`` (our correlation maps hand their shared parts on).
+"""
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jax.nn import softplus
+from jaxtyping import Array
+from numpyro.distributions import constraints
+from numpyro.distributions import transforms as T
+
+
+class _Registry(T.ConstraintRegistry):
+    """NumPyro's registry, falling back to NumPyro's own ``biject_to`` for the rest."""
+
+    def __call__(self, constraint: constraints.Constraint) -> T.Transform:
+        factory = self._registry.get(type(constraint))
+        return T.biject_to(constraint) if factory is None else factory(constraint)
+
+
+biject_to = _Registry()
+
+
+def forward_and_log_det(t: T.Transform, x: Array) -> tuple[Array, Array]:
+    """``(t(x), log|det J_t(x)|)`` with the work they share done once."""
+    y, intermediates = t.call_with_intermediates(x)
+    return y, t.log_abs_det_jacobian(x, y, intermediates=intermediates)
+
+
+class CumsumExpTransform(T.Transform):
+    # Stan's positive_ordered map: y = cumsum(exp(u)). Written here because NumPyro's
+    # biject_to(positive_ordered_vector) is exp∘ordered, y = exp(u₀ + Σ exp(uᵢ)), whose
+    # curvature couples every coordinate and samples an iid-Exponential prior worse.
+    domain = constraints.real_vector
+    codomain = constraints.positive_ordered_vector
+    sign = 1
+
+    def __call__(self, x):
+        return jnp.cumsum(jnp.exp(x), axis=-1)
+
+    def _inverse(self, y):
+        return jnp.log(jnp.diff(y, axis=-1, prepend=jnp.zeros_like(y[..., :1])))
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        return jnp.sum(x, axis=-1)
+
+
+def _log1m_tanh_sq(x: Array) -> Array:
+    """log(1 - tanh(x)²) = 2·(log 2 - |x| - softplus(-2|x|)), finite for every finite x."""
+    ax = jnp.abs(x)
+    return 2.0 * (jnp.log(2.0) - ax - softplus(-2.0 * ax))
+
+
+def tril_dim(m: int) -> int:
+    """``d`` such that ``m = d(d-1)/2``."""
+    d = int(round((1 + np.sqrt(1 + 8 * m)) / 2))
+    if d * (d - 1) // 2 != m:
+        raise ValueError(f"{m} is not a triangular number d(d-1)/2.")
+    return d
+
+
+def strict_tril(v: Array, d: int) -> Array:
+    """Fill the strictly lower triangle row by row (NumPyro's order), keeping ``v``'s dtype."""
+    rows, cols = np.tril_indices(d, -1)
+    return jnp.zeros(v.shape[:-1] + (d, d), dtype=v.dtype).at[..., rows, cols].set(v)
+
+
+def corr_cholesky_parts(x: Array) -> tuple[Array, Array, Array]:
+    """Cholesky factor ``L`` of a correlation matrix from ``x`` (NumPyro's order: tanh, then
+    signed stick-breaking by rows), plus ``log1m z²`` and the exclusive row cumsum of it, all
+    computed in log space so nothing underflows to 0."""
+    d = tril_dim(x.shape[-1])
+    z = strict_tril(jnp.tanh(x), d)
+    log1mz2 = strict_tril(_log1m_tanh_sq(x), d)
+    log_rem = jnp.cumsum(log1mz2, axis=-1) - log1mz2  # Σ_{k<j} log(1 - z_ik²)
+    scale = jnp.exp(0.5 * log_rem)
+    L = z * scale + jnp.eye(d, dtype=x.dtype) * scale
+    return L, log1mz2, log_rem
+
+
+def _corr_cholesky_log_det(log1mz2: Array, log_rem: Array) -> Array:
+    # ∂L_ij/∂x_ij = (1 - z_ij²)·sqrt(Π_{k<j}(1 - z_ik²)); the Jacobian is triangular.
+    d = log1mz2.shape[-1]
+    strict = jnp.tril(jnp.ones((d, d), dtype=bool), -1)
+    return jnp.sum(jnp.where(strict, log1mz2 + 0.5 * log_rem, 0.0), axis=(-1, -2))
+
+
+class CorrCholeskyTransform(T.Transform):
+    domain = constraints.real_vector
+    codomain = constraints.corr_cholesky
+
+    def __call__(self, x):
+        return corr_cholesky_parts(x)[0]
+
+    def call_with_intermediates(self, x):
+        L, log1mz2, log_rem = corr_cholesky_parts(x)
+        return L, (log1mz2, log_rem)
+
+    def _inverse(self, y):
+        return T.CorrCholeskyTransform().inv(y)
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        _, log1mz2, log_rem = corr_cholesky_parts(x) if intermediates is None else (None, *intermediates)
+        return _corr_cholesky_log_det(log1mz2, log_rem)
+
+
+class CorrMatrixTransform(T.Transform):
+    domain = constraints.real_vector
+    codomain = constraints.corr_matrix
+
+    def __call__(self, x):
+        return self.call_with_intermediates(x)[0]
+
+    def call_with_intermediates(self, x):
+        L, log1mz2, log_rem = corr_cholesky_parts(x)
+        return L @ jnp.swapaxes(L, -1, -2), (log1mz2, log_rem)
+
+    def _inverse(self, y):
+        return T.CorrCholeskyTransform().inv(jnp.linalg.cholesky(y))
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        # L ↦ C = L Lᵀ on the strict lower triangles has |det| = Π_i L_ii^(d-1-i).
+        _, log1mz2, log_rem = corr_cholesky_parts(x) if intermediates is None else (None, *intermediates)
+        d = log_rem.shape[-1]
+        log_diag = 0.5 * jnp.diagonal(log_rem, axis1=-2, axis2=-1)
+        power = jnp.arange(d - 1, -1, -1, dtype=x.dtype)
+        return _corr_cholesky_log_det(log1mz2, log_rem) + jnp.sum(power * log_diag, axis=-1)
+
+
+class LowerCholeskyTransform(T.LowerCholeskyTransform):
+    # NumPyro's map (strict lower triangle, then exp of the diagonal), re-implemented only so
+    # that float32 inputs work when jax_enable_x64 is on (NumPyro's vec_to_tril_matrix mixes
+    # dtypes there and raises).
+    def __call__(self, x):
+        n = tril_dim(x.shape[-1]) - 1  # x has n(n+1)/2 = (n+1)n/2 entries
+        return strict_tril(x[..., :-n], n) + jnp.exp(x[..., -n:])[..., None] * jnp.eye(n, dtype=x.dtype)
+
+
+class ZeroSumTransform(T.ZeroSumTransform):
+    # NumPyro's map is an isometry onto the zero-sum hyperplane (log-det 0 w.r.t. its surface
+    # measure). Our convention measures the first n-1 coordinates, which adds log(1/√n); over
+    # k zero-sum axes (sizes nᵢ = mᵢ + 1) the map is a Kronecker product, so each axis adds
+    # log(1/√nᵢ) once per free entry of the other axes.
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        m = x.shape[x.ndim - self.transform_ndims :]
+        size = int(np.prod(m))
+        total = sum(-0.5 * np.log(mi + 1) * (size // mi) for mi in m)
+        return jnp.full(x.shape[: x.ndim - self.transform_ndims], total, dtype=x.dtype)
+
+
+def positive_definite_transform() -> T.Transform:
+    """Σ = L Lᵀ with ``L`` from :class:`LowerCholeskyTransform`."""
+    return T.ComposeTransform([LowerCholeskyTransform(), T.CholeskyTransform().inv])
+
+
+def _own(factory: Any):
+    return lambda constraint: factory()
+
+
+biject_to.register(constraints.positive_ordered_vector, _own(CumsumExpTransform))
+biject_to.register(constraints.corr_cholesky, _own(CorrCholeskyTransform))
+biject_to.register(constraints.corr_matrix, _own(CorrMatrixTransform))
+biject_to.register(constraints.lower_cholesky, _own(LowerCholeskyTransform))
+biject_to.register(constraints.positive_definite, _own(positive_definite_transform))
+biject_to.register(constraints._ZeroSum, lambda c: ZeroSumTransform(c.event_dim))

@@ -1,0 +1,103 @@
+"""Named bijectors whose value has structure along its last axis: simplex, ordered, zero-sum."""
+
+from typing import ClassVar
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+from numpyro.distributions import Distribution, constraints
+from numpyro.distributions import transforms as T
+
+from .checks import check_open_simplex
+from .maps import CumsumExpTransform, ZeroSumTransform
+from .named import NamedBijector
+
+
+class Simplex(NamedBijector):
+    """A probability vector (last axis sums to one), NumPyro's stick-breaking map;
+    the log-Jacobian is with respect to all but the last coordinate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import reparam_bridge as rb
+        >>> rb.unwrap(rb.Simplex(jnp.array([0.25, 0.25, 0.5]))).round(4)
+        Array([0.25, 0.25, 0.5 ], dtype=float32)
+    """
+
+    event_ndim: ClassVar[int] = 1
+
+    def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
+        self._init_from_value(value, prior)
+
+    def _check_value(self, value: Array) -> None:
+        super()._check_value(value)
+        if value.shape[-1] < 2:
+            raise ValueError(f"Simplex: the last axis needs at least 2 entries, got shape {value.shape}.")
+        check_open_simplex("Simplex", value)
+
+    def transform(self) -> T.Transform:
+        return T.StickBreakingTransform()
+
+
+class Ordered(NamedBijector):
+    """A strictly increasing vector: ``y₀ = u₀, yᵢ = yᵢ₋₁ + exp(uᵢ)`` (NumPyro/Stan).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import reparam_bridge as rb
+        >>> rb.unwrap(rb.Ordered(jnp.array([-1.0, 0.0, 2.0])))
+        Array([-1.,  0.,  2.], dtype=float32)
+    """
+
+    event_ndim: ClassVar[int] = 1
+
+    def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
+        self._init_from_value(value, prior)
+
+    def transform(self) -> T.Transform:
+        return T.OrderedTransform()
+
+class PositiveOrdered(NamedBijector):
+    """A strictly increasing positive vector, ``y = cumsum(exp(u))`` (Stan's map).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import reparam_bridge as rb
+        >>> rb.unwrap(rb.PositiveOrdered(jnp.array([0.5, 1.0, 3.0])))
+        Array([0.5, 1. , 3. ], dtype=float32)
+    """
+
+    event_ndim: ClassVar[int] = 1
+
+    def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
+        self._init_from_value(value, prior)
+
+    def transform(self) -> T.Transform:
+        return CumsumExpTransform()
+
+class ZeroSum(NamedBijector):
+    """A vector whose last axis sums to zero (NumPyro's ``ZeroSumTransform``); pairs with
+    ``ZeroSumNormal``. The log-Jacobian is w.r.t. the first n-1 coordinates.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import reparam_bridge as rb
+        >>> rb.unwrap(rb.ZeroSum(jnp.array([1.0, -3.0, 2.0]))).round(4)
+        Array([ 1., -3.,  2.], dtype=float32)
+    """
+
+    event_ndim: ClassVar[int] = 1
+
+    def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
+        self._init_from_value(value, prior)
+
+    def _check_value(self, value: Array) -> None:
+        super()._check_value(value)
+        if not bool(jnp.allclose(value.sum(-1), 0.0, atol=1e-5 * (1 + jnp.abs(value).max()))):
+            raise ValueError(f"ZeroSum: the last axis must sum to 0, got sums {np.asarray(value.sum(-1))}.")
+
+    def support(self) -> constraints.Constraint:
+        return constraints.zero_sum(1)
+
+    def transform(self) -> T.Transform:
+        return ZeroSumTransform(1)
