@@ -17,7 +17,7 @@ import reparam_bridge as rb
 
 
 def test_map_estimate_on_an_unbounded_objective_names_the_parameter():
-    model = {"mu": rb.Real(0.0), "tau": rb.Positive(1.0, prior=dist.LogNormal(0.0, 1.0))}
+    model = {"mu": rb.Real(0.0)}
     with pytest.raises(ValueError, match=r"unbounded along 'mu.unconstrained'"):
         rb.map_estimate(model, lambda m: 3.0 * m["mu"], progress_bar=False)
 
