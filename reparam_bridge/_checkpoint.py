@@ -141,7 +141,7 @@ def run_chunks(mcmc: Any, state: PyTree, n: int, every: int, writer: Writer, ext
 
 
 def concat(samples: list, extras: list) -> tuple[PyTree, dict[str, np.ndarray]]:
-    cat = lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=1)  # noqa: E731
+    cat = lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=1)
     out = jax.tree_util.tree_map(lambda *xs: jax.numpy.asarray(cat(*xs)), *samples)
     extra = {k: cat(*[e[k] for e in extras]) for k in extras[0]} if extras and extras[0] else {}
     return out, extra

@@ -163,7 +163,7 @@ def foreign_wrappers(tree: PyTree) -> list[tuple[str, str]]:
     base = _foreign_base()
     if base is None:
         return []
-    is_foreign = lambda x: isinstance(x, base) and not isinstance(x, Unwrappable)  # noqa: E731
+    is_foreign = lambda x: isinstance(x, base) and not isinstance(x, Unwrappable)
     return [
         (path_to_str(path), f"{type(leaf).__module__.split('.')[0]}.{type(leaf).__name__}")
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_foreign)[0]
@@ -192,7 +192,7 @@ def _free_leaves(tree: PyTree) -> list[tuple[str, Any, bool]]:
     out = []
 
     def visit(node, prefix, inside):
-        is_leaf = lambda x: x is not node and (_is_frozen(x) or isinstance(x, Unwrappable))  # noqa: E731
+        is_leaf = lambda x: x is not node and (_is_frozen(x) or isinstance(x, Unwrappable))
         for path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
             if _is_frozen(leaf):
                 continue

@@ -40,7 +40,7 @@ def _owners(model: PyTree) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def visit(node, prefix, owner):
-        is_leaf = lambda x: x is not node and isinstance(x, Unwrappable)  # noqa: E731
+        is_leaf = lambda x: x is not node and isinstance(x, Unwrappable)
         for path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
             full = prefix + tuple(path)
             if isinstance(leaf, Unwrappable) and leaf is not node:

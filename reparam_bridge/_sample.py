@@ -1,7 +1,7 @@
 """NUTS/HMC sampling of wrapped models through NumPyro, and the :class:`Posterior`."""
 
-import functools
 import copy
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +17,8 @@ from . import _arviz, _checkpoint, _checks, _persist
 from ._density import check_bijective, gather, partition
 from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
-from ._trust import check_draws
 from ._tree import unwrap
+from ._trust import check_draws
 from ._util import NegLogDensity, tree_depth
 
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
@@ -70,7 +70,7 @@ def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str |
     for path, leaf in leaves_with_paths(params):
         if leaf is not None and not bool(jnp.all(jnp.isfinite(leaf))):
             return f"the free array '{path}' holds non-finite values"
-    lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)  # noqa: E731
+    lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)
     try:
         value = jax.jit(lj)(params)  # jitted: NumPyro's argument validation raises only eagerly
     except Exception:  # the search below still names the parameter
@@ -80,7 +80,7 @@ def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str |
     # log_joint itself is -inf/nan (say, a data-dependent bound is violated): name the
     # parameters that, moved alone, make it finite; else those with a non-finite gradient.
     owners = sorted((b.path for b in bijectors), key=len, reverse=True)
-    name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)  # noqa: E731
+    name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)
     suspects = list(dict.fromkeys(name(p) for p in _movable_leaves(jax.jit(lj), params)))
     if suspects:
         return (
@@ -440,7 +440,7 @@ class Posterior:
         return self._append(new._samples, new.sample_stats, mcmc, new._last_state)
 
     def _append(self, samples, stats, mcmc, last_state) -> "Posterior":
-        cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
+        cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
         if self.num_draws:
             samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, samples)
             stats = {k: cat(self.sample_stats[k], stats[k]) for k in stats if k in self.sample_stats}
@@ -493,7 +493,7 @@ class Posterior:
         shapes, dtypes): a mismatch, a missing or a damaged file is an error naming it."""
         _checks.check_no_foreign(model, "Posterior.load")
         params, static = partition(model)
-        like = lambda n, c=None: jax.tree_util.tree_map(  # noqa: E731
+        like = lambda n, c=None: jax.tree_util.tree_map(
             lambda x: jnp.zeros((c if c is not None else 1, n, *x.shape), x.dtype), params)
         if not _checkpoint.is_checkpoint(directory):
             return _persist.load_posterior(cls, os.fspath(directory), model, static, like)

@@ -26,7 +26,7 @@ def test_map_estimate_on_a_degenerate_objective_names_the_collapsing_scale():
     # all observations equal: the likelihood grows without bound as sigma -> 0
     y = jnp.ones(4)
     model = {"mu": rb.Real(0.0), "sigma": rb.Positive(1.0)}
-    log_joint = lambda m, y: dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum()  # noqa: E731
+    log_joint = lambda m, y: dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum()
     with pytest.raises(ValueError, match=r"'sigma.unconstrained'.*degenerate"):
         rb.map_estimate(model, log_joint, y, progress_bar=False)
 
@@ -34,7 +34,7 @@ def test_map_estimate_on_a_degenerate_objective_names_the_collapsing_scale():
 def test_map_estimate_reports_convergence_and_stops_at_the_tolerance():
     y = jnp.array([1.0, 1.2, 0.9, 1.4])
     model = {"mu": rb.Real(0.0), "sigma": rb.Positive(1.0)}
-    log_joint = lambda m, y: dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum()  # noqa: E731
+    log_joint = lambda m, y: dist.Normal(m["mu"], m["sigma"]).log_prob(y).sum()
     with warnings.catch_warnings():
         warnings.simplefilter("error", rb.ReliabilityWarning)
         res = rb.map_estimate(model, log_joint, y, progress_bar=False, steps=400)
@@ -45,7 +45,7 @@ def test_map_estimate_reports_convergence_and_stops_at_the_tolerance():
 
 
 def test_fit_says_when_the_tolerance_was_not_met():
-    loss = lambda m: jnp.sum((m["w"] - jnp.arange(3.0)) ** 2)  # noqa: E731
+    loss = lambda m: jnp.sum((m["w"] - jnp.arange(3.0)) ** 2)
     model = {"w": jnp.zeros(3)}
     with pytest.warns(rb.ReliabilityWarning, match=r"did not converge in 20 steps .*'w'"):
         res = rb.fit(model, loss, optimizer=optax.sgd(1e-3), steps=20, tol=1e-6, progress_bar=False)
@@ -56,7 +56,7 @@ def test_fit_says_when_the_tolerance_was_not_met():
 
 
 def test_fit_rtol_stops_early():
-    loss = lambda m: jnp.sum((m["w"] - 1.0) ** 2)  # noqa: E731
+    loss = lambda m: jnp.sum((m["w"] - 1.0) ** 2)
     res = rb.fit({"w": jnp.zeros(2)}, loss, optimizer=optax.adam(0.1), steps=2000, rtol=1e-7,
                  chunk_size=50, progress_bar=False)
     assert res.converged is True and res.losses.shape[0] < 2000 and res.losses.shape[0] % 50 == 0
@@ -84,7 +84,7 @@ def test_an_improper_target_warns_about_non_finite_draws():
 
 def test_mostly_divergent_transitions_are_reported_with_the_fraction():
     model = {"x": rb.Real(jnp.zeros(3))}
-    log_joint = lambda m: dist.Normal(0.0, 1.0).log_prob(m["x"]).sum()  # noqa: E731
+    log_joint = lambda m: dist.Normal(0.0, 1.0).log_prob(m["x"]).sum()
     with pytest.warns(rb.ReliabilityWarning, match=r"\d+% of the transitions diverged.*reparameteri"):
         rb.sample(model, log_joint, key=jax.random.key(1), step_size=30.0, adapt_step_size=False, **SMALL)
 
@@ -98,7 +98,7 @@ def test_chains_stuck_in_separate_modes_give_a_large_r_hat():
 
 def test_a_good_run_is_silent():
     model = {"x": rb.Real(jnp.zeros(2))}
-    log_joint = lambda m: dist.Normal(0.0, 1.0).log_prob(m["x"]).sum()  # noqa: E731
+    log_joint = lambda m: dist.Normal(0.0, 1.0).log_prob(m["x"]).sum()
     with warnings.catch_warnings():
         warnings.simplefilter("error", rb.ReliabilityWarning)
         rb.sample(model, log_joint, key=jax.random.key(3), num_warmup=200, num_samples=200, num_chains=2,
