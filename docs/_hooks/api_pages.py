@@ -161,7 +161,8 @@ def build_pages() -> tuple[dict[str, str], list[Any]]:
         ])
         nav.append({f"rb.{name}": f"api/{name}.md"})
         members = ", ".join(f"`{m}`" for m in sub_exports)
-        index.append(f"| [`rb.{name}`]({name}.md) | {_summary(sub)} {('Exports ' + members + '.') if members else ''} |")
+        exports = f"Exports {members}." if members else ""
+        index.append(f"| [`rb.{name}`]({name}.md) | {_summary(sub)} {exports} |")
     pages["api/index.md"] = "\n".join(index) + "\n"
     return pages, nav
 
@@ -210,7 +211,8 @@ def _validation_markdown() -> str:
     criteria = "\n\n".join(p for p in doc.split("\n\n") if not p.startswith("Cost"))
     settings = {}
     for node in ast.parse(test.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
+                and isinstance(node.value, ast.Tuple)):
             for target, value in zip(node.targets[0].elts, node.value.elts):
                 if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
                     settings[target.id] = value.value
