@@ -2,7 +2,7 @@
 
 Each check raises ``TypeError``/``ValueError`` naming the argument or the parameter path and
 what to do, or, where the library cannot know whether something is a mistake, warns once
-with :class:`ReliabilityWarning`. Entry points call :func:`preflight` (the model) and the
+with ``rb.ReliabilityWarning``. Entry points call :func:`preflight` (the model) and the
 small argument checks before any ``jit``, so a typo costs nothing.
 
 Example:

@@ -1,4 +1,4 @@
-"""Convergence of :func:`rb.fit` / :func:`rb.map_estimate`: when to stop, and what to say.
+"""Convergence of ``rb.fit`` / ``rb.map_estimate``: when to stop, and what to say.
 
 The compiled loop reports, per step, the loss and the gradient norm, and at the end of every
 chunk the gradient norm at the current point. This module turns them into a decision

@@ -416,7 +416,7 @@ def fit(
         tol: stop (at the end of a chunk) once the gradient norm is at most
             ``tol * max(1, |loss|)``; ``rtol``: once the loss changed by at most
             ``rtol * max(1, |loss|)`` in one step. If given and not met, a
-            :class:`ReliabilityWarning` says so; ``result.converged`` records it.
+            ``rb.ReliabilityWarning`` says so; ``result.converged`` records it.
 
     Returns:
         A :class:`FitResult` with ``.model`` (still wrapped), ``.losses`` and ``.opt_state``.
@@ -472,7 +472,7 @@ def map_estimate(
     :class:`Constraint` s in the model, where a line search is wrong, the default is
     ``optax.adam(1e-2)`` for ``steps=1000``. ``fit_kwargs`` go to :func:`fit`; ``tol`` defaults
     to ``1e-3`` here (without Constraints), so the fit stops once converged, ``converged`` says
-    whether it did and a :class:`ReliabilityWarning` says when it did not.
+    whether it did and a ``rb.ReliabilityWarning`` says when it did not.
 
     Returns the same :class:`FitResult` as :func:`fit`; ``losses`` holds the negative
     log-density.

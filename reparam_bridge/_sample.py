@@ -180,7 +180,7 @@ def sample(
         **kernel_kwargs: passed to the kernel (``dense_mass``, ``target_accept_prob``,
             ``max_tree_depth``, ...).
 
-    A :class:`ReliabilityWarning` says when the draws cannot be trusted (non-finite draws,
+    A ``rb.ReliabilityWarning`` says when the draws cannot be trusted (non-finite draws,
     mostly divergent transitions, split r-hat or ESS far off), with the numbers.
 
     Example:

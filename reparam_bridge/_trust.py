@@ -4,7 +4,7 @@ After every run the unconstrained draws and the sampler statistics are checked f
 failures that otherwise pass silently: non-finite draws (an improper posterior: a parameter
 with no prior under a flat or unbounded likelihood), mostly divergent transitions (a funnel or
 a bad parameterisation), and split r-hat / bulk ESS far from what mixing chains give. One
-:class:`ReliabilityWarning` lists the numbers and the likely cause.
+``rb.ReliabilityWarning`` lists the numbers and the likely cause.
 
 Example:
     >>> import numpy as np
