@@ -33,6 +33,7 @@ from ._bijectors import Real as Real
 from ._bijectors import Simplex as Simplex
 from ._bijectors import ZeroSum as ZeroSum
 from ._bijectors import reparameterize as reparameterize
+from ._checks import ReliabilityWarning as ReliabilityWarning
 from ._constraint import Clamp as Clamp
 from ._constraint import Constraint as Constraint
 from ._constraint import NonNegative as NonNegative
@@ -130,6 +131,7 @@ __all__ = [
     "fit_ensemble",
     "EnsembleResult",
     "GoodApproximationWarning",
+    "ReliabilityWarning",
     # the ArviZ 0.2x/1.x adapter (summary, ess, rhat, loo, netCDF, ... with the same numbers on both)
     "arviz",
     # submodules

@@ -198,6 +198,9 @@ def log_density(log_joint: Callable[..., Any], tree: PyTree, *args: Any, jacobia
         >>> float(rb.log_density(lambda m: 0.0, tree)), float(rb.log_density(lambda m: 0.0, tree, jacobian=False))
         (-1.0, -1.0)
     """
+    from ._checks import check_no_foreign
+
+    check_no_foreign(tree, "log_density")  # a trace-time walk: nothing per step under jit
     g = gather(tree, jacobian=jacobian)
     if jacobian:
         _raise_non_bijective(g.non_bijective, "log_density(..., jacobian=True)")

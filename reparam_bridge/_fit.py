@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from . import _checks
 from ._constraint import apply, contains_constraints
+from ._convergence import Tolerance, report
 from ._density import check_bijective, partition
 from ._paths import path_to_str
 from ._tree import unwrap
@@ -37,11 +39,17 @@ class FitResult(eqx.Module):
         losses: the loss at the start of every step of this call, shape ``(steps,)``
             (for :func:`map_estimate`, the negative log-density).
         opt_state: the final optimiser state; pass it back as ``opt_state=`` to resume.
+        converged: ``True``/``False`` whether ``tol``/``rtol`` was met; ``None`` if not judged.
+        grad_norm: the norm of the gradient of the loss at the returned model.
     """
 
     model: PyTree
     losses: Float[Array, " steps"]
     opt_state: PyTree
+    # Whether the tolerance was met (None: not judged, e.g. no tolerance given to fit) and
+    # the gradient norm at the returned point; static, so results stay plain PyTrees.
+    converged: bool | None = eqx.field(static=True, default=None)
+    grad_norm: float | None = eqx.field(static=True, default=None)
 
 
 _DEFAULT_ADAM: list = []
@@ -127,7 +135,7 @@ class _Loop(NamedTuple):
         params = optax.apply_updates(params, updates)
         if self.project:
             params = partition(apply(eqx.combine(params, static)))[0]
-        return params, opt_state, value
+        return params, opt_state, value, optax.global_norm(grads)
 
 
 @eqx.filter_jit
@@ -142,16 +150,36 @@ def _chunk(loop: _Loop, static, params, opt_state, losses, start, stop, key, arg
     ``stop`` if only the final parameters are bad, or -1."""
 
     def body(i, carry):
-        params, opt_state, losses = carry
-        params, opt_state, value = loop.step(params, opt_state, static, args, key, i)
+        params, opt_state, losses, grad_bad = carry
+        params, opt_state, value, gnorm = loop.step(params, opt_state, static, args, key, i)
+        # the first step whose gradient is non-finite (an int in the carry costs nothing measurable)
+        grad_bad = jnp.where((grad_bad < 0) & ~jnp.isfinite(gnorm), i, grad_bad)
         # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
-        return params, opt_state, jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
+        losses = jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
+        return params, opt_state, losses, grad_bad
 
-    params, opt_state, losses = jax.lax.fori_loop(start, stop, body, (params, opt_state, losses))
+    init = (params, opt_state, losses, jnp.asarray(-1, start.dtype))
+    params, opt_state, losses, grad_bad = jax.lax.fori_loop(start, stop, body, init)
+    # The gradient at the point returned, so that a NaN there (a degenerate optimum such as a
+    # scale collapsing to 0) is an error, and convergence is judged where we stop. The update
+    # of this extra step is unused, so XLA drops it.
+    final_gnorm = loop.step(params, opt_state, static, args, key, stop)[3]
     steps = jnp.arange(losses.shape[0], dtype=start.dtype)
     bad_value = ~jnp.isfinite(losses) & (steps >= start) & (steps < stop)
-    first_bad = jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), jnp.where(_all_finite(params), -1, stop))
-    return params, opt_state, losses, first_bad
+    never = jnp.iinfo(start.dtype).max
+    first_bad = jnp.min(
+        jnp.stack(
+            [
+                jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), never),
+                # a non-finite gradient at step i: _diagnose replays to step i (first_bad - 1)
+                jnp.where(grad_bad >= 0, grad_bad + 1, never),
+                jnp.where(_all_finite(params), never, stop),
+                jnp.where(jnp.isfinite(final_gnorm), never, stop + 1),
+            ]
+        ).astype(start.dtype)
+    )
+    first_bad = jnp.where(first_bad == never, -1, first_bad)
+    return params, opt_state, losses, first_bad, final_gnorm
 
 
 class _Box(eqx.Module):
@@ -202,10 +230,29 @@ def _diagnose(loop: _Loop, static, params, opt_state, losses, start: int, bad: i
 
 
 def _fit(
-    objective, model, args, *, optimizer, steps, opt_state, batch_size, key, progress_bar, chunk_size, what
+    objective,
+    model,
+    args,
+    *,
+    optimizer,
+    steps,
+    opt_state,
+    batch_size,
+    key,
+    progress_bar,
+    chunk_size,
+    what,
+    tol=None,
+    rtol=None,
+    warn=None,
 ) -> FitResult:
-    if not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"{what}: steps must be a non-negative int, got {steps!r}.")
+    steps = _checks.check_int("steps", steps, what, minimum=0)
+    tolerance = Tolerance.of(tol, rtol, what)
+    _checks.preflight(model, what, density=what.startswith("map_estimate"))
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"{what}: optimizer must be an optax transformation (optax.adam(1e-2)), got {optimizer!r}.")
+    if key is not None:
+        _checks.check_key(key, what)
     optimizer = _default_adam() if optimizer is None else optimizer
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
@@ -226,8 +273,10 @@ def _fit(
         opt_state = _init_state(_Box(optimizer), params)
     losses = jnp.zeros((steps,), jnp.result_type(float))
     timing_key = (loop, jax.tree_util.tree_structure(params), steps)
-    plan = _Plan(steps, chunk_size, progress_bar, _SECONDS_PER_STEP.get(timing_key))
+    # with a tolerance, chunk ends are where the loop may stop early
+    plan = _Plan(steps, chunk_size, progress_bar or tolerance.active, _SECONDS_PER_STEP.get(timing_key))
 
+    start_params, final_gnorm = params, float("nan")
     bar = None
     if progress_bar and steps:
         from tqdm.auto import tqdm
@@ -239,7 +288,7 @@ def _fit(
             stop = plan.next_stop(start)
             t0 = time.perf_counter()
             try:
-                new_params, new_opt_state, new_losses, first_bad = _chunk(
+                new_params, new_opt_state, new_losses, first_bad, final_gnorm = _chunk(
                     loop, static, params, opt_state, losses, np.int32(start), np.int32(stop), key, args
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
@@ -260,12 +309,39 @@ def _fit(
                 bar.update(stop - start)
                 bar.set_postfix(loss=f"{float(losses[stop - 1]):.6g}", refresh=False)
             start = stop
+            final_gnorm = float(final_gnorm)
+            if tolerance.active and tolerance.met(losses[:stop], final_gnorm):
+                break
     finally:
         if bar is not None:
             bar.close()
     if plan.per_step is not None:
         _SECONDS_PER_STEP[timing_key] = plan.per_step
-    return FitResult(model=eqx.combine(params, static), losses=losses, opt_state=opt_state)
+    losses = losses[:start] if start < steps else losses  # stopped early: the steps run
+    warn = tolerance.active if warn is None else warn
+
+    def grads_at_end():  # on the warning path only: per-parameter gradients for the message
+        batch = _get_batch(args, key, jnp.asarray(start), loop.batch_size, loop.n_data)
+        return jax.grad(loop.value_fn)(params, static, batch)
+
+    converged = report(
+        what,
+        tolerance,
+        losses,
+        final_gnorm,
+        start_params,
+        params,
+        grads_at_end,
+        warn=warn and batch_size is None,
+        steps=steps,
+    )
+    return FitResult(
+        model=eqx.combine(params, static),
+        losses=losses,
+        opt_state=opt_state,
+        converged=converged,
+        grad_norm=final_gnorm,
+    )
 
 
 class _Plan:
@@ -308,6 +384,8 @@ def fit(
     key: PRNGKeyArray | None = None,
     progress_bar: bool = True,
     chunk_size: int | None = None,
+    tol: float | None = None,
+    rtol: float | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(unwrap(model), *args)`` over the free arrays of ``model`` with optax.
 
@@ -330,15 +408,20 @@ def fit(
         key: a ``jax.random`` key, required with ``batch_size``.
         progress_bar: show a tqdm bar with the current loss.
         chunk_size: steps per dispatch of the compiled loop (and per bar update); any
-            value reuses the same compiled loop. Default: all steps when the bar is off,
-            else chunks of about a quarter of a second (one chunk for a short run).
+            value reuses the same compiled loop. Default: all steps when the bar is off and no
+            tolerance is given, else chunks of about a quarter of a second.
+        tol: stop (at the end of a chunk) once the gradient norm is at most
+            ``tol * max(1, |loss|)``; ``rtol``: once the loss changed by at most
+            ``rtol * max(1, |loss|)`` in one step. If given and not met, a
+            ``rb.ReliabilityWarning`` says so; ``result.converged`` records it.
 
     Returns:
         A :class:`FitResult` with ``.model`` (still wrapped), ``.losses`` and ``.opt_state``.
 
     Raises:
-        ValueError: if the loss or a gradient becomes NaN or infinite, naming the step (and
-            the parameters whose gradient is non-finite); no partial result is returned.
+        ValueError: if the loss or a gradient becomes NaN or infinite (also at the returned
+            point), naming the step (and the parameters whose gradient is non-finite), or if the
+            objective is unbounded along a parameter that ran away; no partial result is returned.
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -363,6 +446,8 @@ def fit(
         progress_bar=progress_bar,
         chunk_size=chunk_size,
         what="fit",
+        tol=tol,
+        rtol=rtol,
     )
 
 
@@ -392,7 +477,9 @@ def map_estimate(
     (on the power-law example of ``benchmarks/bench_fit.py``, L-BFGS reaches the optimum,
     loss 37.26, in about 20 steps; ``adam(1e-2)`` is at 244 after 1,000). With ``batch_size`` or with
     :class:`Constraint` s in the model, where a line search is wrong, the default is
-    ``optax.adam(1e-2)`` for ``steps=1000``. ``fit_kwargs`` go to :func:`fit`.
+    ``optax.adam(1e-2)`` for ``steps=1000``. ``fit_kwargs`` go to :func:`fit`; ``tol`` defaults
+    to ``1e-3`` here (without Constraints), so the fit stops once converged, ``converged`` says
+    whether it did and a ``rb.ReliabilityWarning`` says when it did not.
 
     Returns the same :class:`FitResult` as :func:`fit`; ``losses`` holds the negative
     log-density.
@@ -409,12 +496,19 @@ def map_estimate(
         >>> round(float(rb.unwrap(a.model)["s"]), 4), round(float(rb.unwrap(b.model)["s"]), 4)
         (0.7788, 1.0)
     """
+    _checks.check_callable("log_joint", log_joint, "map_estimate")
+    _checks.preflight(model, "map_estimate", density=True)
     if jacobian:
         check_bijective(model, "map_estimate(..., jacobian=True)")
     if optimizer is None and fit_kwargs.get("batch_size") is None and not contains_constraints(model):
         optimizer = _default_lbfgs()
         steps = 100 if steps is None else steps
     steps = 1000 if steps is None else steps
+    _checks.eval_density(log_joint, model, args, "map_estimate")
+    # A MAP is only useful at an optimum: judged by default, and a warning if not reached.
+    # (Not with Constraints: a projected optimum at a bound has a non-zero gradient.)
+    judged = fit_kwargs.get("rtol") is None and not contains_constraints(model)
+    fit_kwargs.setdefault("tol", _MAP_TOL if judged else None)
     return _fit(
         NegLogDensity(log_joint, jacobian),
         model,
@@ -424,6 +518,9 @@ def map_estimate(
         what="map_estimate",
         **{**_FIT_DEFAULTS, **fit_kwargs},
     )
+
+
+_MAP_TOL = 1e-3  # gradient norm <= 1e-3 * max(1, |log density|): reached by L-BFGS in float32
 
 
 _FIT_DEFAULTS = dict(opt_state=None, batch_size=None, key=None, progress_bar=True, chunk_size=None)

@@ -15,6 +15,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
 from ._arviz import psislw
+from ._checks import preflight
 from ._density import check_bijective, partition
 from ._fit import map_estimate
 from ._util import neg_log_density_hessian
@@ -98,6 +99,7 @@ def laplace(
         >>> approx.sample(jax.random.key(1), 100, num_chains=2)["mu"].shape
         (2, 100)
     """
+    preflight(model, "laplace", density=True)
     check_bijective(model, "laplace")
     if optimize:
         model = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model

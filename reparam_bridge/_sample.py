@@ -2,7 +2,6 @@
 
 import copy
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -14,12 +13,13 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _arviz, _warmstart
+from . import _arviz, _checkpoint, _checks, _persist, _warmstart
 from ._density import check_bijective, gather, partition
 from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
 from ._sharded import args_are_sharded, sample_sharded
 from ._tree import unwrap
+from ._trust import check_draws
 from ._util import NegLogDensity, tree_depth
 
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
@@ -31,14 +31,13 @@ def _logdensity_fn(log_joint: Callable, static: PyTree, args: tuple) -> Callable
 
 
 def _check_key(key: Any) -> None:
-    if key is None:
-        raise TypeError("rb.sample needs key=jax.random.key(...) (or PRNGKey).")
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a JAX PRNG key, got {type(key).__name__}.")
+    _checks.check_key(key, "rb.sample")
 
 
 def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> tuple[PyTree, PyTree]:
     """Every check that needs no compilation: bijective wrappers, free arrays, scalar density."""
+    _checks.check_callable("log_joint", log_joint, what)
+    _checks.preflight(model, what, density=True)
     check_bijective(model, what)
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
@@ -51,12 +50,8 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
     except Exception as e:
         e.add_note(f"{what}: raised by log_joint(unwrap(model), *args) while checking its output shape.")
         raise
-    shape = getattr(out, "shape", None)
-    if shape != ():
-        raise ValueError(
-            f"{what}: log_joint must return a scalar log-density, got shape {shape}; sum the "
-            "pointwise terms (and pass log_likelihood= for the pointwise version)."
-        )
+    _checks.check_density_output(out, what)
+    _checks.warn_unwrapped_free(model, what)
     return params, static
 
 
@@ -76,14 +71,17 @@ def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str |
     for path, leaf in leaves_with_paths(params):
         if leaf is not None and not bool(jnp.all(jnp.isfinite(leaf))):
             return f"the free array '{path}' holds non-finite values"
-    lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)  # noqa: E731
-    value = lj(params)
+    lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)
+    try:
+        value = jax.jit(lj)(params)  # jitted: NumPyro's argument validation raises only eagerly
+    except Exception:  # the search below still names the parameter
+        value = jnp.nan
     if bool(jnp.isfinite(value)):
         return None
     # log_joint itself is -inf/nan (say, a data-dependent bound is violated): name the
     # parameters that, moved alone, make it finite; else those with a non-finite gradient.
     owners = sorted((b.path for b in bijectors), key=len, reverse=True)
-    name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)  # noqa: E731
+    name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)
     suspects = list(dict.fromkeys(name(p) for p in _movable_leaves(jax.jit(lj), params)))
     if suspects:
         return (
@@ -152,6 +150,8 @@ def sample(
     init_jitter: float = 0.1,
     thinning: int = 1,
     log_likelihood: Callable[..., Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
     coords: dict[str, Any] | None = None,
     dims: dict[str, list[str]] | None = None,
     **kernel_kwargs: Any,
@@ -183,11 +183,19 @@ def sample(
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.
+        checkpoint: a directory: after warmup, draws are taken in chunks of
+            ``checkpoint_every`` (default ``num_samples // 10``, at least 1) and each chunk, with
+            the full sampler state after it, is written there atomically. After a crash,
+            ``rb.Posterior.load(checkpoint, model).resume()`` finishes the run with the same
+            draws an uninterrupted run gives (see ``_checkpoint``).
         coords, dims: labels for :meth:`Posterior.to_inference_data`, as in ``az.from_numpyro``:
             ``coords={"school": names}, dims={"theta": ["school"]}`` (``dims`` keys are variable
             names: attribute paths, or ``"obs"``/your keys for the log-likelihood).
         **kernel_kwargs: passed to the kernel (``dense_mass``, ``target_accept_prob``,
             ``max_tree_depth``, ...).
+
+    A ``rb.ReliabilityWarning`` says when the draws cannot be trusted (non-finite draws,
+    mostly divergent transitions, split r-hat or ESS far off), with the numbers.
 
     Example:
         >>> import jax, numpyro.distributions as dist
@@ -203,6 +211,9 @@ def sample(
         ((2, 200), (2, 200))
     """
     _check_key(key)
+    _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
+    every = _checks.check_checkpoint_args(checkpoint, checkpoint_every, num_samples, thinning)
+    _checks.check_kernel_kwargs({"nuts": NUTS, "hmc": HMC}.get(str(kernel).lower(), kernel), kernel_kwargs, "rb.sample")
     params, static = check_model(model, log_joint, args, "rb.sample")
 
     init_key, run_key = jax.random.split(key)
@@ -231,8 +242,14 @@ def sample(
             "Start from valid values (e.g. the result of rb.map_estimate) or pass init=."
         )
 
-    if chain_method == "sharded" or (chain_method is None and args_are_sharded(args)):
-        return sample_sharded(
+    sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args))
+    if sharded and checkpoint is not None:
+        raise ValueError(
+            "rb.sample: checkpoint= is not supported with chain_method='sharded' (or sharded data) yet; "
+            "drop checkpoint= or pass chain_method='vectorized'."
+        )
+    if sharded:
+        post = sample_sharded(
             model,
             static,
             log_joint,
@@ -246,6 +263,69 @@ def sample(
             thinning=thinning,
             log_likelihood=log_likelihood,
         )
+    elif checkpoint is not None:
+        mcmc, init_params = _mcmc(
+            kernel,
+            potential_fn,
+            kernel_kwargs,
+            num_warmup,
+            num_samples,
+            num_chains,
+            chain_method,
+            progress_bar,
+            thinning,
+            init_params,
+        )
+        config = dict(
+            kernel=kernel,
+            kernel_kwargs=kernel_kwargs,
+            num_warmup=num_warmup,
+            num_chains=num_chains,
+            chain_method=mcmc.chain_method,
+            every=every,
+        )
+        writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
+        mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+        writer.commit(None, None, mcmc.post_warmup_state)
+        parts = _checkpoint.run_chunks(
+            mcmc, mcmc.post_warmup_state, num_samples, every, writer, _extra_fields(mcmc), fresh=False
+        )
+        post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
+    else:
+        mcmc, init_params = _mcmc(
+            kernel,
+            potential_fn,
+            kernel_kwargs,
+            num_warmup,
+            num_samples,
+            num_chains,
+            chain_method,
+            progress_bar,
+            thinning,
+            init_params,
+        )
+        mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+        post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+    post.coords, post.dims = coords, dims
+    if coords is not None or dims is not None:
+        post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
+    check_draws(post._samples, post.sample_stats)
+    return post
+
+
+def _mcmc(
+    kernel,
+    potential_fn,
+    kernel_kwargs,
+    num_warmup,
+    num_samples,
+    num_chains,
+    chain_method,
+    progress_bar,
+    thinning,
+    init_params,
+):
+    """NumPyro's MCMC for the single-process chain methods, and the starts in its layout."""
     if chain_method is None:
         chain_method = "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
     mcmc = MCMC(
@@ -259,12 +339,7 @@ def sample(
     )
     if num_chains == 1:
         init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
-    mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-    post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
-    post.coords, post.dims = coords, dims
-    if coords is not None or dims is not None:
-        post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
-    return post
+    return mcmc, init_params
 
 
 def _kernel_class(kernel: type | str) -> type:
@@ -346,6 +421,8 @@ class Posterior:
         self._log_likelihood_values = log_likelihood_values
         self._draws = None
         self._last_state = None
+        self._writer = None  # a checkpoint directory's writer: resume keeps writing there
+        self._config = None  # the kernel settings, when loaded from a checkpoint
         self.coords: dict | None = None  # az.from_numpyro's coords/dims, used by to_inference_data
         self.dims: dict | None = None
         self.inference_library = "numpyro"  # attrs["inference_library"]; rb.blackjax sets "blackjax"
@@ -360,6 +437,23 @@ class Posterior:
             model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args, log_likelihood=log_likelihood
         )
         post._last_state = mcmc.last_state
+        return post
+
+    @classmethod
+    def _from_chunks(cls, model, static, mcmc, log_joint, args, log_likelihood, parts, writer):
+        samples, extras, state = parts
+        samples, extras = _checkpoint.concat(samples, extras)
+        post = cls(
+            model,
+            static,
+            samples,
+            _sample_stats(extras),
+            mcmc=mcmc,
+            log_joint=log_joint,
+            args=args,
+            log_likelihood=log_likelihood,
+        )
+        post._last_state, post._writer = state, writer
         return post
 
     @property
@@ -429,11 +523,30 @@ class Posterior:
             inference_library=self.inference_library,
         )
 
-    def resume(self, num_samples: int | None = None, *, progress_bar: bool = False) -> "Posterior":
+    def resume(
+        self,
+        num_samples: int | None = None,
+        *,
+        progress_bar: bool = False,
+        log_joint: Callable[..., Any] | None = None,
+        args: tuple | None = None,
+    ) -> "Posterior":
         """Continue the same chains (same step size and mass matrix, no new warmup) for
-        ``num_samples`` more draws; returns a Posterior holding the old and the new draws."""
+        ``num_samples`` more draws; returns a Posterior holding the old and the new draws.
+
+        After ``Posterior.load`` of a checkpoint directory, ``num_samples=None`` finishes the
+        planned run, and the new chunks are written to the same directory. ``log_joint``
+        and ``args`` are needed only when the checkpoint could not pickle them."""
+        if num_samples is not None:
+            num_samples = _checks.check_int("num_samples", num_samples, "resume", minimum=1)
+        if self._writer is not None:
+            return self._resume_checkpoint(num_samples, progress_bar, log_joint, args)
         if self.mcmc is None:
-            raise ValueError("resume: this Posterior has no live NumPyro MCMC (it was loaded from disk).")
+            raise ValueError(
+                "resume: this Posterior has no sampler state (it was loaded from a Posterior.save "
+                "directory, which keeps draws only). To resume after loading, sample with "
+                "rb.sample(..., checkpoint=DIR) and load that directory."
+            )
         # A shallow copy shares NumPyro's compiled functions but leaves this Posterior's MCMC
         # (and any other Posterior resumed from it) untouched.
         mcmc = copy.copy(self.mcmc)
@@ -445,9 +558,13 @@ class Posterior:
         mcmc.progress_bar = progress_bar
         mcmc.run(self._last_state.rng_key, extra_fields=_extra_fields(mcmc))
         new = Posterior._from_mcmc(self.model, self._static, mcmc, self._log_joint, self._args, self._log_likelihood)
-        cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
-        samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, new._samples)
-        stats = {k: cat(self.sample_stats[k], new.sample_stats[k]) for k in self.sample_stats}
+        return self._append(new._samples, new.sample_stats, mcmc, new._last_state)
+
+    def _append(self, samples, stats, mcmc, last_state) -> "Posterior":
+        cat = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
+        if self.num_draws:
+            samples = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=1), self._samples, samples)
+            stats = {k: cat(self.sample_stats[k], stats[k]) for k in stats if k in self.sample_stats}
         out = Posterior(
             self.model,
             self._static,
@@ -458,37 +575,81 @@ class Posterior:
             args=self._args,
             log_likelihood=self._log_likelihood,
         )
-        out._last_state = new._last_state
+        out._last_state, out._writer, out._config = last_state, self._writer, self._config
         out.coords, out.dims = self.coords, self.dims
+        check_draws(out._samples, out.sample_stats, "resume")
         return out
 
+    def _resume_checkpoint(self, num_samples, progress_bar, log_joint, args) -> "Posterior":
+        writer = self._writer
+        done, planned = writer.manifest["done"], writer.manifest["planned"]
+        if num_samples is None:
+            num_samples = planned - done
+            if num_samples <= 0:
+                raise ValueError(
+                    f"resume: the checkpointed run is complete ({done} draws per chain); pass "
+                    "num_samples=N to draw N more."
+                )
+        writer.manifest = {**writer.manifest, "planned": max(planned, done + num_samples)}
+        if log_joint is not None:
+            self._log_joint, self._args = log_joint, tuple(args or ())
+        mcmc, fresh = self.mcmc, False
+        if mcmc is None:
+            if self._log_joint is None:
+                raise TypeError(
+                    "resume: the checkpoint holds no log_joint (it did not pickle: a lambda or a "
+                    "closure); pass resume(n, log_joint=..., args=(...))."
+                )
+            cfg = self._config
+            potential_fn = jax.jit(lambda p: -_logdensity_fn(self._log_joint, self._static, self._args)(p))
+            mcmc = MCMC(
+                cfg["kernel"](potential_fn=potential_fn, **cfg["kernel_kwargs"]),
+                num_warmup=cfg["num_warmup"],
+                num_samples=cfg["every"],
+                num_chains=cfg["num_chains"],
+                chain_method=cfg["chain_method"],
+                progress_bar=progress_bar,
+            )
+            fresh = True
+        every = self._config["every"] if self._config else max(1, mcmc.num_samples)
+        samples, extras, state = _checkpoint.run_chunks(
+            mcmc, self._last_state, num_samples, every, writer, _extra_fields(mcmc), fresh=fresh
+        )
+        samples, extras = _checkpoint.concat(samples, extras)
+        return self._append(samples, _sample_stats(extras), mcmc, state)
+
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``posterior.nc`` (ArviZ netCDF) and ``unconstrained.eqx`` (equinox
-        serialisation of the sampled free arrays) into ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        _arviz.to_netcdf(self.to_inference_data(), os.path.join(directory, "posterior.nc"))
-        eqx.tree_serialise_leaves(os.path.join(directory, "unconstrained.eqx"), self._samples)
-        with open(os.path.join(directory, "meta.json"), "w") as f:
-            json.dump({"num_chains": self.num_chains, "num_draws": self.num_draws}, f)
+        """Write ``posterior.nc`` (ArviZ netCDF), ``unconstrained.eqx`` (equinox serialisation
+        of the sampled free arrays) and ``meta.json`` (sizes and the model's signature) into
+        ``directory``, atomically: a new directory is built beside it and swapped in, so a
+        crash leaves the old contents or the new, never a mix."""
+        _persist.save_posterior(self, os.fspath(directory))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: PyTree) -> "Posterior":
-        """Read what :meth:`save` wrote; ``model`` gives the structure (any values)."""
-        with open(os.path.join(directory, "meta.json")) as f:
-            meta = json.load(f)
+        """Read what :meth:`save` or ``rb.sample(..., checkpoint=directory)`` wrote; ``model``
+        gives the structure (any values) and must match what was saved (names, wrapper kinds,
+        shapes, dtypes): a mismatch, a missing or a damaged file is an error naming it."""
+        _checks.check_no_foreign(model, "Posterior.load")
         params, static = partition(model)
-        like = jax.tree_util.tree_map(
-            lambda x: jnp.zeros((meta["num_chains"], meta["num_draws"], *x.shape), x.dtype), params
+        like = lambda n, c=None: jax.tree_util.tree_map(
+            lambda x: jnp.zeros((c if c is not None else 1, n, *x.shape), x.dtype), params
         )
-        samples = eqx.tree_deserialise_leaves(os.path.join(directory, "unconstrained.eqx"), like)
-        idata = _arviz.from_netcdf(os.path.join(directory, "posterior.nc"))
-        stats, loglik = (_arviz.group(idata, g) for g in ("sample_stats", "log_likelihood"))
-        stats = {k: np.asarray(v) for k, v in stats.data_vars.items()} if stats is not None else {}
-        loglik = {k: np.asarray(v) for k, v in loglik.data_vars.items()} if loglik is not None else None
-        out = cls(model, static, samples, stats, log_likelihood_values=loglik)
-        coords, dims = _arviz.coords_and_dims(idata)
-        out.coords, out.dims = coords or None, dims or None
-        return out
+        if not _checkpoint.is_checkpoint(directory):
+            return _persist.load_posterior(cls, os.fspath(directory), model, static, like)
+        got = _checkpoint.load(directory, model, like)
+        lj, args, ll = got.target if got.target is not None else (None, (), None)
+        post = cls(
+            model,
+            static,
+            got.samples,
+            _sample_stats(got.extras) if got.extras else {},
+            log_joint=lj,
+            args=args,
+            log_likelihood=ll,
+        )
+        post._last_state, post._writer, post._config = got.state, got.writer, got.config
+        return post
 
     def __repr__(self) -> str:
         div = int(np.sum(self.sample_stats.get("diverging", 0)))

@@ -30,6 +30,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _arviz, _plots
 from ._centredness import learn_centredness  # noqa: F401 - re-exported: rb.geometry.learn_centredness
+from ._checks import check_choice
 from ._density import check_bijective, partition
 from ._naming import draws_to_dict
 from ._neutra import NeuTra, neutra  # noqa: F401 - re-exported: rb.geometry.neutra
@@ -301,9 +302,13 @@ def compare(
     if not models:
         raise ValueError("compare: give at least one {label: (model, log_joint)}.")
     rows, posteriors = {}, {}
+    # every check before the first model is sampled, so that a typo loses nothing
     for label, pair in models.items():
         if not (isinstance(pair, tuple) and len(pair) == 2 and callable(pair[1])):
             raise TypeError(f"compare: models[{label!r}] must be a (wrapped_model, log_joint) pair.")
+    if baseline is not None:
+        check_choice("baseline", baseline, list(models), "compare")
+    for label, pair in models.items():
         model, log_joint = pair
         start = time.perf_counter()
         post = sample(

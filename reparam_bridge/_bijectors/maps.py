@@ -18,6 +18,7 @@ NumPyro's ``call_with_intermediates`` (our correlation maps hand their shared pa
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.nn import softplus
@@ -152,7 +153,68 @@ class LowerCholeskyTransform(T.LowerCholeskyTransform):
     # dtypes there and raises).
     def __call__(self, x):
         n = tril_dim(x.shape[-1]) - 1  # x has n(n+1)/2 = (n+1)n/2 entries
-        return strict_tril(x[..., :-n], n) + jnp.exp(x[..., -n:])[..., None] * jnp.eye(n, dtype=x.dtype)
+        # The diagonal is placed with `where`, not multiplied by the identity: where exp
+        # overflows (float32, x > 88) that gives inf on the diagonal, not inf * 0 = NaN off it.
+        diag = jnp.where(jnp.eye(n, dtype=bool), jnp.exp(x[..., -n:])[..., None], jnp.zeros((), x.dtype))
+        return strict_tril(x[..., :-n], n) + diag
+
+
+class StickBreakingTransform(T.StickBreakingTransform):
+    """NumPyro's stick-breaking map with its log-Jacobian written in log space:
+    ``sum_i log z_i + sum_{j<=i} log(1 - z_j)`` with ``log z = log_sigmoid(x)``, so that it and
+    its gradient stay finite where ``y`` underflows (NumPyro's ``log(y * z)`` gives a NaN
+    gradient in float32 at x = (100, -100, 100))."""
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        x = x - jnp.log(x.shape[-1] - jnp.arange(x.shape[-1], dtype=x.dtype))  # NumPyro's centring shift
+        return jnp.sum(jax.nn.log_sigmoid(x) + jnp.cumsum(jax.nn.log_sigmoid(-x), axis=-1), axis=-1)
+
+    def tree_flatten(self):
+        return (), ((), dict())
+
+    def __eq__(self, other):
+        return isinstance(other, StickBreakingTransform)
+
+
+def _gram(L: Array) -> Array:
+    """``L @ Lᵀ`` for lower-triangular ``L`` summing only the structurally non-zero products:
+    an infinite diagonal entry (float32 overflow) then gives inf, never inf * 0 = NaN, in the
+    value and in its gradient (the masked entries are replaced before multiplying)."""
+    n = L.shape[-1]
+    k = jnp.arange(n)
+    mask = k[None, None, :] <= jnp.minimum(k[:, None, None], k[None, :, None])  # k <= min(i, j)
+    one = jnp.ones((), L.dtype)
+    a = jnp.where(mask, L[..., :, None, :], one)
+    b = jnp.where(mask, L[..., None, :, :], one)
+    return jnp.sum(jnp.where(mask, a * b, jnp.zeros((), L.dtype)), axis=-1)
+
+
+class PositiveDefiniteTransform(LowerCholeskyTransform):
+    """Σ = L Lᵀ with ``L`` from :class:`LowerCholeskyTransform`. The log-Jacobian is written
+    from the unconstrained diagonal (``log L_ii = x_ii`` exactly) rather than from ``log`` of
+    ``L``'s diagonal, which underflows to ``log 0`` in float32 at x ~ -100."""
+
+    codomain = constraints.positive_definite
+
+    def __call__(self, x):
+        return _gram(super().__call__(x))
+
+    def _inverse(self, y):
+        return super()._inverse(jnp.linalg.cholesky(y))
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        n = tril_dim(x.shape[-1]) - 1
+        log_diag = x[..., -n:]
+        # NumPyro's CholeskyTransform, inverted: n log 2 + sum_i (n - i) log L_ii (0-based i),
+        # plus the exp of the diagonal in the lower-Cholesky map
+        power = jnp.arange(n, 0, -1, dtype=x.dtype)
+        return n * jnp.log(jnp.asarray(2.0, x.dtype)) + jnp.sum((power + 1) * log_diag, axis=-1)
+
+    def tree_flatten(self):
+        return (), ((), dict())
+
+    def __eq__(self, other):
+        return isinstance(other, PositiveDefiniteTransform)
 
 
 class ZeroSumTransform(T.ZeroSumTransform):
@@ -169,7 +231,7 @@ class ZeroSumTransform(T.ZeroSumTransform):
 
 def positive_definite_transform() -> T.Transform:
     """Σ = L Lᵀ with ``L`` from :class:`LowerCholeskyTransform`."""
-    return T.ComposeTransform([LowerCholeskyTransform(), T.CholeskyTransform().inv])
+    return PositiveDefiniteTransform()
 
 
 def _own(factory: Any):

@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions import transforms as T
 
-from .. import _tree
+from .. import _checks, _tree
 from .._tree import NonTrainable, contains_refs
 from .base import Bijector
 from .checks import (
@@ -57,6 +57,7 @@ class NamedBijector(Bijector):
         Under ``jit``/``vmap`` (traced value or bounds) the value checks ride along with the
         result (``eqx.error_if``) and raise when the compiled function runs."""
         name = type(self).__name__
+        _checks.check_value_type(name, "value", value)
         value = as_float_array(value)
         for key, val in {**config, "prior": prior, "unconstrained": value}.items():
             object.__setattr__(self, key, val)
@@ -84,6 +85,9 @@ class NamedBijector(Bijector):
                 check_prior(name, prior, support, value.shape)
             return
         self._check_value(value)
+        for key, val in config.items():  # constant bounds must not grow the parameter
+            if isinstance(val, NonTrainable) and eqx.is_array(val.tree):
+                _checks.check_bound_shape(name, key, val.tree, value.shape)
         support = inner.support()
         if not bool(jnp.all(support(value))):
             raise ValueError(f"{name}: value lies outside the support {support_text(support)}: {np.asarray(value)}.")
@@ -93,6 +97,7 @@ class NamedBijector(Bijector):
                 f"{name}: value is on the boundary of the support {support_text(support)}, "
                 f"where the unconstrained image is infinite: {np.asarray(value)}. Move it inside."
             )
+        _checks.check_round_trip(name, value, inner.transform()(unconstrained), coupled=self.event_ndim > 0)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
             check_prior(name, prior, support, value.shape)

@@ -9,7 +9,7 @@ from numpyro.distributions import Distribution, constraints
 from numpyro.distributions import transforms as T
 
 from .checks import check_open_simplex
-from .maps import CumsumExpTransform, ZeroSumTransform
+from .maps import CumsumExpTransform, StickBreakingTransform, ZeroSumTransform
 from .named import NamedBijector
 
 
@@ -36,7 +36,7 @@ class Simplex(NamedBijector):
         check_open_simplex("Simplex", value)
 
     def transform(self) -> T.Transform:
-        return T.StickBreakingTransform()
+        return StickBreakingTransform()
 
 
 class Ordered(NamedBijector):

@@ -1,0 +1,349 @@
+"""Pre-flight checks shared by every public entry point (nothing here compiles or samples).
+
+Each check raises ``TypeError``/``ValueError`` naming the argument or the parameter path and
+what to do, or, where the library cannot know whether something is a mistake, warns once
+with ``rb.ReliabilityWarning``. Entry points call :func:`preflight` (the model) and the
+small argument checks before any ``jit``, so a typo costs nothing.
+
+Example:
+    >>> import reparam_bridge as rb
+    >>> check_int("num_chains", 0, "rb.sample", minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: rb.sample: num_chains must be an int >= 1, got 0.
+"""
+
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+from numpyro.distributions import Distribution
+
+from ._paths import path_to_str
+from ._tree import NonTrainable, Unwrappable
+
+
+class ReliabilityWarning(UserWarning):
+    """A result or an input the library cannot vouch for (non-converged fit, untrustworthy
+    draws, a free array that may be data). The message says what and why."""
+
+
+# ----------------------------------------------------------------------------------------
+# arguments
+
+
+def check_int(name: str, value: Any, what: str, *, minimum: int = 0) -> int:
+    """``value`` as an int ``>= minimum`` (bools are refused: ``True`` is no count)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what}: {name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any, what: str, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{what}: {name} must be a finite float > 0{' or None' if allow_none else ''}, got {value!r}.")
+    return v
+
+
+def check_key(key: Any, what: str) -> None:
+    """A JAX PRNG key: a typed key (``jax.random.key``) or a raw ``uint32[2]`` (``PRNGKey``)."""
+    if key is None:
+        raise TypeError(f"{what}: needs key=jax.random.key(...) (or jax.random.PRNGKey(...)).")
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"{what}: key must be a JAX PRNG key (jax.random.key(0)), got {type(key).__name__}.")
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{what}: key must be a single key, got a batch of shape {key.shape}; pass one key.")
+        return
+    if key.dtype != jnp.uint32 or key.shape != (2,):
+        raise TypeError(
+            f"{what}: key must be jax.random.key(seed) or jax.random.PRNGKey(seed), got an array of "
+            f"dtype {key.dtype} and shape {key.shape}."
+        )
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any], what: str) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{what}: {name}={value!r} is not one of {choices}.")
+
+
+def check_callable(name: str, fn: Any, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what}: {name} must be a function fn(unwrapped_model, *args), got {type(fn).__name__}.")
+
+
+def check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning):
+    """The scalar arguments of ``rb.sample``, checked before anything is traced."""
+    what = "rb.sample"
+    if num_warmup is not None:  # None: the default, shorter for a seeded start (init=approx)
+        check_int("num_warmup", num_warmup, what, minimum=0)
+    check_int("num_samples", num_samples, what, minimum=1)
+    check_int("num_chains", num_chains, what, minimum=1)
+    check_int("thinning", thinning, what, minimum=1)
+    if thinning > num_samples:
+        raise ValueError(f"{what}: thinning={thinning} keeps no draw of num_samples={num_samples}; lower it.")
+    if chain_method is not None and not callable(chain_method):
+        check_choice("chain_method", chain_method, ("parallel", "vectorized", "sequential", "sharded"), what)
+    if isinstance(kernel, str):
+        check_choice("kernel", kernel.lower(), ("nuts", "hmc"), what)
+    elif not callable(kernel):
+        raise TypeError(f"{what}: kernel must be 'nuts', 'hmc' or a NumPyro kernel class, got {kernel!r}.")
+    try:
+        ok = float(init_jitter) >= 0 and np.isfinite(float(init_jitter))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{what}: init_jitter must be a finite float >= 0, got {init_jitter!r}.")
+
+
+def check_checkpoint_args(checkpoint: Any, every: Any, num_samples: int, thinning: int) -> int | None:
+    """The chunk length for ``rb.sample(checkpoint=...)`` (``None`` without a checkpoint)."""
+    what = "rb.sample"
+    if checkpoint is None:
+        if every is not None:
+            raise ValueError(f"{what}: checkpoint_every={every!r} needs checkpoint=DIRECTORY.")
+        return None
+    if not isinstance(checkpoint, (str, bytes)) and not hasattr(checkpoint, "__fspath__"):
+        raise TypeError(f"{what}: checkpoint must be a directory path, got {type(checkpoint).__name__}.")
+    if thinning != 1:
+        raise ValueError(
+            f"{what}: checkpoint= needs thinning=1 (chunks of thinned draws would not line up); "
+            "thin the draws after sampling instead."
+        )
+    if os.path.exists(os.path.join(os.fspath(checkpoint), "checkpoint.json")):
+        raise FileExistsError(
+            f"{what}: {os.fspath(checkpoint)} already holds a checkpoint. Continue it with "
+            "rb.Posterior.load(directory, model).resume(), or give an empty directory."
+        )
+    if every is None:
+        return max(1, num_samples // 10)
+    return check_int("checkpoint_every", every, what, minimum=1)
+
+
+def check_kernel_kwargs(kernel: Any, kwargs: dict[str, Any], what: str) -> None:
+    """Unknown kernel options fail here, not after the first compilation."""
+    try:
+        params = inspect.signature(kernel).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params or k == "potential_fn"]
+    if unknown:
+        known = sorted(k for k in params if k not in ("model", "potential_fn"))
+        raise TypeError(
+            f"{what}: {getattr(kernel, '__name__', kernel)} has no option {unknown[0]!r} "
+            f"(passed as **kernel_kwargs); its options are {known}."
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# the model tree
+
+
+def _foreign_base() -> type | None:
+    # paramax stays optional: if it was never imported, no paramax wrapper can be in a tree.
+    paramax = sys.modules.get("paramax")
+    return getattr(paramax, "AbstractUnwrappable", None) if paramax is not None else None
+
+
+def foreign_wrappers(tree: PyTree) -> list[tuple[str, str]]:
+    """``(path, "paramax.Class")`` of every wrapper from another library (paramax, flowjax)
+    that rb's ``unwrap`` does not know; ``[]`` when paramax is not imported."""
+    base = _foreign_base()
+    if base is None:
+        return []
+    is_foreign = lambda x: isinstance(x, base) and not isinstance(x, Unwrappable)
+    return [
+        (path_to_str(path), f"{type(leaf).__module__.split('.')[0]}.{type(leaf).__name__}")
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_foreign)[0]
+        if is_foreign(leaf)
+    ]
+
+
+def check_no_foreign(tree: PyTree, what: str) -> None:
+    bad = foreign_wrappers(tree)
+    if bad:
+        path, cls = bad[0]
+        more = f" (and {len(bad) - 1} more: {', '.join(p for p, _ in bad[1:])})" if len(bad) > 1 else ""
+        raise TypeError(
+            f"{what}: the node at '{path}' is a {cls}, a wrapper rb does not unwrap, so its arrays "
+            f"would be treated as free parameters{more}. Use the rb equivalent (rb.NonTrainable, "
+            "rb.Parameterize, rb.WeightNormalization), or call paramax.unwrap on that node first."
+        )
+
+
+def _is_frozen(x: Any) -> bool:
+    return isinstance(x, (NonTrainable, Distribution))
+
+
+def _free_leaves(tree: PyTree) -> list[tuple[str, Any, bool]]:
+    """``(path, leaf, inside_a_wrapper)`` for every leaf that ``partition`` makes free."""
+    out = []
+
+    def visit(node, prefix, inside):
+        is_leaf = lambda x: x is not node and (_is_frozen(x) or isinstance(x, Unwrappable))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_leaf)[0]:
+            if _is_frozen(leaf):
+                continue
+            if isinstance(leaf, Unwrappable) and leaf is not node:
+                visit(leaf, prefix + tuple(path), True)
+            elif eqx.is_inexact_array(leaf):
+                out.append((path_to_str(prefix + tuple(path)), leaf, inside))
+
+    visit(tree, (), isinstance(tree, Unwrappable) and not _is_frozen(tree))
+    return out
+
+
+def preflight(model: PyTree, what: str, *, density: bool) -> None:
+    """Checks of the model tree alone, before anything is compiled.
+
+    ``density``: the free arrays parameterise a log-density (``sample``, ``map_estimate``,
+    ``laplace``), so complex free arrays are refused."""
+    check_no_foreign(model, what)
+    leaves = _free_leaves(model)
+    if density:
+        cplx = [p for p, x, _ in leaves if jnp.iscomplexobj(x)]
+        if cplx:
+            raise TypeError(
+                f"{what}: the free array at '{cplx[0]}' is complex; a log-density needs real "
+                "parameters. Store the real and imaginary parts as two real arrays."
+            )
+    if jax.config.jax_enable_x64:
+        narrow = [(p, x.dtype) for p, x, _ in leaves if jnp.finfo(x.dtype).bits < 64 and not jnp.iscomplexobj(x)]
+        wide = [p for p, x, _ in leaves if jnp.finfo(x.dtype).bits >= 64]
+        if narrow and (density or wide):
+            path, dtype = narrow[0]
+            raise TypeError(
+                f"{what}: the free array at '{path}' is {dtype} while jax_enable_x64 is on (JAX's "
+                "samplers and the other arrays are float64, and mixed precision fails inside them). "
+                "Build the model with float64 values, e.g. jax.tree_util.tree_map(lambda x: "
+                "x.astype('float64') if eqx.is_inexact_array(x) else x, model)."
+            )
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def warn_unwrapped_free(model: PyTree, what: str) -> None:
+    """Warn, once per path, about free float arrays outside every wrapper: the sampler treats
+    them as parameters, but they may be data stored on the module."""
+    loose = [p for p, _, inside in _free_leaves(model) if not inside and (what, p) not in _WARNED]
+    if loose:
+        _WARNED.update((what, p) for p in loose)
+        warnings.warn(
+            f"{what}: the float array(s) at {', '.join(repr(p) for p in loose)} are outside every "
+            "wrapper, so they are sampled as free parameters with whatever prior log_joint gives "
+            "them. If that is data, wrap it in rb.NonTrainable (or store it as an argument); if it "
+            "is a parameter, wrap it in rb.Real(...) to say so and silence this warning.",
+            ReliabilityWarning,
+            stacklevel=3,
+        )
+
+
+def check_density_output(out: Any, what: str, fn_name: str = "log_joint") -> None:
+    """``out`` (from ``jax.eval_shape``) must be a real floating scalar."""
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape is None or dtype is None:
+        raise TypeError(f"{what}: {fn_name} must return a JAX scalar, got {type(out).__name__}.")
+    if shape != ():
+        raise ValueError(
+            f"{what}: {fn_name} must return a scalar log-density, got shape {shape}; sum the "
+            "pointwise terms (and pass log_likelihood= for the pointwise version)."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{what}: {fn_name} returned a {dtype} scalar; a log-density must be a real float "
+            "(an integer or boolean result has zero gradient and makes a flat target). Return "
+            "the float log-density, e.g. dist.Normal(...).log_prob(y).sum()."
+        )
+
+
+def eval_density(fn: Callable, model: PyTree, args: tuple, what: str, fn_name: str = "log_joint") -> None:
+    """Trace ``fn(unwrap(model), *args)`` abstractly (no compile) and check its output."""
+    from ._density import partition
+    from ._tree import unwrap
+
+    params, static = partition(model)
+    try:
+        out = jax.eval_shape(lambda p: fn(unwrap(eqx.combine(p, static)), *args), params)
+    except Exception as e:
+        e.add_note(f"{what}: raised by {fn_name}(unwrap(model), *args) while checking its output.")
+        raise
+    check_density_output(out, what, fn_name)
+
+
+# ----------------------------------------------------------------------------------------
+# constructors of the named bijectors (called from their shared ``_init_from_value``)
+
+
+def check_value_type(owner: str, name: str, value: Any) -> None:
+    """A real number or array: strings, objects and complex values are refused."""
+    if isinstance(value, (str, bytes)) or (not eqx.is_array_like(value) and not isinstance(value, (list, tuple))):
+        raise TypeError(f"{owner}: {name} must be a real number or array, got {type(value).__name__}.")
+    if jnp.iscomplexobj(value) or (isinstance(value, (list, tuple)) and np.iscomplexobj(np.asarray(value))):
+        raise TypeError(
+            f"{owner}: {name} is complex ({value!r}); a constrained parameter is real. "
+            "Store the real and imaginary parts as two real parameters."
+        )
+
+
+def check_bound_shape(owner: str, name: str, bound: Any, value_shape: tuple[int, ...]) -> None:
+    """A bound must broadcast to the value's shape *without growing it*."""
+    shape = tuple(np.shape(bound))
+    try:
+        out = np.broadcast_shapes(shape, value_shape)
+    except ValueError:
+        out = None
+    if out != tuple(value_shape):
+        raise ValueError(
+            f"{owner}: {name} has shape {shape}, which does not broadcast to the value's shape "
+            f"{tuple(value_shape)} (it would {'change' if out is None else 'grow'} the parameter"
+            f"{'' if out is None else f' to {out}'}). Give one bound per element or a scalar."
+        )
+
+
+_ULPS = 32  # "a few ulps": an elementwise round trip (exp/log, sigmoid/logit) stays well within
+
+
+def check_round_trip(owner: str, value: Any, recovered: Any, *, coupled: bool = False) -> None:
+    """The constructor stores ``inv(value)``; ``recovered = transform(inv(value))`` must give
+    ``value`` back to within ``_ULPS`` ulps relative, else the value is not representable in
+    this dtype (e.g. a simplex entry far below the others' rounding error) and is refused.
+
+    ``coupled``: the map couples entries (simplex, Cholesky factors), whose dependent entries
+    (the last simplex entry, a Cholesky diagonal ``sqrt(1 - sum)``) are computed by
+    cancellation and lose digits even for ordinary values; there the tolerance is half the
+    digits (``sqrt(eps)`` relative), which still refuses the values that come back wrong."""
+    v, r = np.asarray(value), np.asarray(recovered)
+    if v.shape != r.shape or not np.issubdtype(v.dtype, np.floating):
+        return
+    eps = np.finfo(v.dtype).eps
+    tol = np.sqrt(eps) if coupled else _ULPS * eps
+    scale = np.where(v != 0, np.abs(v), np.max(np.abs(v), initial=0.0))
+    err = np.abs(r.astype(np.float64) - v.astype(np.float64))
+    bad = err > tol * scale
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(scale, np.finfo(v.dtype).tiny), 0))), v.shape)
+        where = f"[{', '.join(map(str, i))}]" if v.ndim else ""
+        raise ValueError(
+            f"{owner}: value{where} = {v[i]!r} is not representable in {v.dtype}: unwrapping would give "
+            f"{r[i]!r} (relative error {float(err[i] / max(scale[i], np.finfo(v.dtype).tiny)):.3g}). Use "
+            "float64 (jax.config.update('jax_enable_x64', True)) or move the value away from the "
+            "support's edge."
+        )

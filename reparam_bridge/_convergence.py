@@ -1,0 +1,148 @@
+"""Convergence of ``rb.fit`` / ``rb.map_estimate``: when to stop, and what to say.
+
+The compiled loop reports, per step, the loss and the gradient norm, and at the end of every
+chunk the gradient norm at the current point. This module turns them into a decision
+(stop early, converged or not) and, when the run did not converge because the objective has
+no minimum along some parameter (it grew without bound), into an error naming it.
+
+Example:
+    >>> c = Tolerance(tol=1e-3, rtol=None)
+    >>> c.met(losses=[5.0, 4.0], final_gnorm=1e-5), c.met(losses=[5.0, 4.0], final_gnorm=1.0)
+    (True, False)
+"""
+
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
+from ._checks import ReliabilityWarning, check_positive_float
+from ._paths import path_to_str
+
+# A leaf that moved by more than this, relative to 1 + its starting size, while the
+# gradient stayed large, is running away: the objective has no optimum along it.
+_RUNAWAY = 1e6
+
+
+class Tolerance(NamedTuple):
+    """``tol``: stop when the gradient norm <= ``tol * max(1, |loss|)``; ``rtol``: stop when
+    the loss changed by <= ``rtol * max(1, |loss|)`` over the last step. ``None``: not used."""
+
+    tol: float | None
+    rtol: float | None
+
+    @classmethod
+    def of(cls, tol: Any, rtol: Any, what: str) -> "Tolerance":
+        return cls(check_positive_float("tol", tol, what), check_positive_float("rtol", rtol, what))
+
+    @property
+    def active(self) -> bool:
+        return self.tol is not None or self.rtol is not None
+
+    def met(self, losses, final_gnorm: float) -> bool:
+        """The gradient is small, or the loss changed by less than ``rtol`` in a step, or (with
+        ``tol``) it has stalled over 5 steps: no progress is possible at this precision."""
+        losses = np.asarray(losses, dtype=np.float64).ravel()
+        if not len(losses):
+            return False
+        if self.grad_small(losses, final_gnorm):
+            return True
+        scale = max(1.0, abs(float(losses[-1])))
+        if self.rtol is not None and len(losses) >= 2:
+            return abs(float(losses[-1] - losses[-2])) <= self.rtol * scale
+        return self.tol is not None and _stalled(losses)
+
+    def grad_small(self, losses, final_gnorm: float) -> bool:
+        scale = max(1.0, abs(float(np.ravel(losses)[-1]))) if len(np.ravel(losses)) else 1.0
+        return self.tol is not None and bool(np.isfinite(final_gnorm)) and final_gnorm <= self.tol * scale
+
+
+def runaway_leaves(start: PyTree, end: PyTree) -> list[tuple[str, float, float]]:
+    """``(path, start size, end size)`` of the free arrays that moved by more than
+    ``_RUNAWAY`` times ``1 + `` their starting size (largest first)."""
+    out = []
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(start)[0], jax.tree_util.tree_leaves(end)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        size0 = float(np.max(np.abs(a))) if a.size else 0.0
+        moved = float(np.max(np.abs(b - a))) if a.size else 0.0
+        if np.isfinite(moved) and moved > _RUNAWAY * (1.0 + size0):
+            out.append((path_to_str(path), size0, float(np.max(np.abs(b)))))
+    return sorted(out, key=lambda t: -t[2])
+
+
+def _stalled(losses: np.ndarray) -> bool:
+    tail = losses[-5:]
+    return len(tail) >= 5 and float(np.ptp(tail)) <= 1e-6 * max(1.0, abs(float(tail[-1])))
+
+
+def report(
+    what: str,
+    tolerance: Tolerance,
+    losses,
+    final_gnorm: float,
+    start: PyTree,
+    end: PyTree,
+    grads_at_end: Callable[[], PyTree],
+    *,
+    warn: bool,
+    steps: int,
+) -> bool | None:
+    """After the last chunk: raise if the objective ran away along a parameter, warn (when
+    ``warn``) if the tolerance was not met, naming the parameter with the largest gradient
+    (and calling the objective degenerate along it when the loss has stalled while that
+    parameter went far); return ``converged`` (``None`` if not judged)."""
+    losses = np.asarray(losses, dtype=np.float64).ravel()
+    # Checked first: on a runaway the loss is huge, so a relative tolerance looks met.
+    runaway = runaway_leaves(start, end)
+    if runaway and len(losses) >= 2 and losses[-1] < losses[0]:
+        path, size0, size = runaway[0]
+        raise ValueError(
+            f"{what}: the objective looks unbounded along '{path}': it moved from about {size0:.3g} "
+            f"to {size:.3g} (unconstrained) while the loss kept falling ({losses[0]:.6g} -> "
+            f"{losses[-1]:.6g}; gradient norm {final_gnorm:.3g}). There is no optimum to return: "
+            "add a prior or a bound for that parameter, or check the sign of the objective."
+        )
+    converged = tolerance.met(losses, final_gnorm) if tolerance.active else None
+    if not converged and not (converged is None or warn):
+        return converged
+    if converged is None or tolerance.grad_small(losses, final_gnorm):
+        return converged
+    # Not converged, or converged only because the loss stalled: which parameter is to blame?
+    grads = [
+        (path_to_str(p), float(np.linalg.norm(np.ravel(g))))
+        for p, g in jax.tree_util.tree_flatten_with_path(grads_at_end())[0]
+    ]
+    where, degenerate = "", False
+    if grads:
+        path, g = max(grads, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
+        a = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(start)[0] if path_to_str(p) == path)
+        b = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(end)[0] if path_to_str(p) == path)
+        moved = float(np.max(np.abs(b - a))) if a.size else 0.0
+        if _stalled(losses) and moved > 20.0:
+            degenerate = True
+            where = (
+                f" The loss has stalled while '{path}' moved by {moved:.3g} (unconstrained) and "
+                f"its gradient is still {g:.3g}: the objective is likely degenerate along it "
+                "(e.g. a scale collapsing to 0 where the likelihood grows without bound); "
+                "add a prior that keeps it away from the boundary."
+            )
+            if not np.isfinite(g):  # fit promises an error on a non-finite gradient
+                raise ValueError(f"{what}: the gradient at the returned point is non-finite along '{path}'.{where}")
+        else:
+            where = f" The gradient is largest along '{path}' ({g:.3g})."
+    if converged and not degenerate:
+        return True
+    if warn:
+        tol = f"tol={tolerance.tol}" if tolerance.tol is not None else f"rtol={tolerance.rtol}"
+        last = f"{losses[-1]:.6g}" if len(losses) else "n/a"
+        warnings.warn(
+            f"{what}: did not converge in {steps} steps ({tol} not met: gradient norm {final_gnorm:.3g}, "
+            f"last loss {last}).{where} The result is the last iterate, not an optimum: raise steps=, "
+            "change the optimiser or its learning rate, or loosen tol=.",
+            ReliabilityWarning,
+            stacklevel=4,
+        )
+    return False
