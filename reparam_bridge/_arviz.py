@@ -307,8 +307,11 @@ def psislw(log_ratios: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, float
     """
     az = import_arviz()
     log_ratios = np.asarray(log_ratios)
-    # rounding of the dtype the ratios were computed in (float32 models give float32 noise)
-    eps = np.finfo(log_ratios.dtype if np.issubdtype(log_ratios.dtype, np.floating) else np.float64).eps
+    # rounding of the model's arithmetic: float32 (JAX's default) unless the ratios say coarser;
+    # callers often hand float64 copies of float32 numbers, so the dtype alone cannot tell
+    eps = np.finfo(np.float32).eps
+    if np.issubdtype(log_ratios.dtype, np.floating):
+        eps = max(eps, np.finfo(log_ratios.dtype).eps)
     log_ratios = log_ratios.astype(np.float64)
     n = log_ratios.shape[-1]
     tail = math.ceil(min(n / 5.0, 3 * math.sqrt(n / reff)))

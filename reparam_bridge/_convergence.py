@@ -129,8 +129,10 @@ def report(
                 "(e.g. a scale collapsing to 0 where the likelihood grows without bound); "
                 "add a prior that keeps it away from the boundary."
             )
-            if not np.isfinite(g):  # fit promises an error on a non-finite gradient
-                raise ValueError(f"{what}: the gradient at the returned point is non-finite along '{path}'.{where}")
+            # no optimum to return, as for an unbounded objective (and the same on every JAX:
+            # whether the gradient has already overflowed to NaN there depends on the trajectory)
+            kind = "is non-finite" if not np.isfinite(g) else "has not vanished"
+            raise ValueError(f"{what}: the gradient at the returned point {kind} along '{path}'.{where}")
         else:
             where = f" The gradient is largest along '{path}' ({g:.3g})."
     if converged and not degenerate:

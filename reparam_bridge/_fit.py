@@ -150,20 +150,22 @@ def _chunk(loop: _Loop, static, params, opt_state, losses, start, stop, key, arg
     ``stop`` if only the final parameters are bad, or -1."""
 
     def body(i, carry):
-        params, opt_state, losses, grad_bad = carry
+        params, opt_state, losses, grad_bad, _ = carry
         params, opt_state, value, gnorm = loop.step(params, opt_state, static, args, key, i)
         # the first step whose gradient is non-finite (an int in the carry costs nothing measurable)
         grad_bad = jnp.where((grad_bad < 0) & ~jnp.isfinite(gnorm), i, grad_bad)
         # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
         losses = jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
-        return params, opt_state, losses, grad_bad
+        return params, opt_state, losses, grad_bad, gnorm.astype(losses.dtype)
 
-    init = (params, opt_state, losses, jnp.asarray(-1, start.dtype))
-    params, opt_state, losses, grad_bad = jax.lax.fori_loop(start, stop, body, init)
+    init = (params, opt_state, losses, jnp.asarray(-1, start.dtype), jnp.zeros((), losses.dtype))
+    carry = jax.lax.fori_loop(start, stop, body, init)
+    params, opt_state, losses, grad_bad, _ = carry
     # The gradient at the point returned, so that a NaN there (a degenerate optimum such as a
-    # scale collapsing to 0) is an error, and convergence is judged where we stop. The update
-    # of this extra step is unused, so XLA drops it.
-    final_gnorm = loop.step(params, opt_state, static, args, key, stop)[3]
+    # scale collapsing to 0) is an error, and convergence is judged where we stop: one more
+    # iteration of the same body (JAX reuses its trace: the loss is still traced once), of
+    # which only the gradient norm is kept.
+    final_gnorm = jax.lax.fori_loop(stop, stop + 1, body, carry)[4]
     steps = jnp.arange(losses.shape[0], dtype=start.dtype)
     bad_value = ~jnp.isfinite(losses) & (steps >= start) & (steps < stop)
     never = jnp.iinfo(start.dtype).max

@@ -155,7 +155,7 @@ def _psis(result: LaplaceResult, neg_log_p, args, key, num_draws: int) -> tuple[
         - 0.5 * n * jnp.log(2 * jnp.pi)
     )
     log_p = -eqx.filter_jit(eqx.filter_vmap(neg_log_p, in_axes=(0, None)))(z, args)  # data as argument
-    log_ratios = np.asarray(log_p - log_q)  # its dtype tells psislw the rounding level
+    log_ratios = np.asarray(log_p - log_q)
     log_ratios = np.where(np.isfinite(log_ratios), log_ratios, -np.inf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns itself when k-hat is large; we report it

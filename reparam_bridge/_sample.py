@@ -603,7 +603,7 @@ class Posterior:
             cfg = self._config
             potential_fn = jax.jit(lambda p: -_logdensity_fn(self._log_joint, self._static, self._args)(p))
             mcmc = MCMC(
-                cfg["kernel"](potential_fn=potential_fn, **cfg["kernel_kwargs"]),
+                _kernel_class(cfg["kernel"])(potential_fn=potential_fn, **cfg["kernel_kwargs"]),
                 num_warmup=cfg["num_warmup"],
                 num_samples=cfg["every"],
                 num_chains=cfg["num_chains"],
