@@ -90,6 +90,8 @@ def learn_centredness(
     (``rb.LocScale(..., centered=array)``) and its free arrays at the guide's mean: ready for
     ``rb.sample``. Groups with much data come out near 1 (centred), groups with little near 0.
 
+    Arguments not listed below are as for :func:`rb.variational <reparam_bridge.variational>`.
+
     Args:
         model: a wrapped model holding ``rb.LocScale`` s (with constant, wrapped or
             ``rb.Ref`` ``loc``/``scale``); ``LocScale`` s inside ``rb.NonTrainable`` stay as they are.
@@ -97,7 +99,6 @@ def learn_centredness(
             ``"fullrank"``.
         return_approximation: also return the fitted ``VariationalResult`` in the learned
             parameterisation (its draws can start the chains: ``rb.sample(..., init=...)``).
-        Other arguments as :func:`rb.variational <reparam_bridge.variational>`.
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist

@@ -130,6 +130,8 @@ def neutra(
     normal when ``q`` is good), and ``.draws`` / ``.to_inference_data()`` come back in the
     user's model type and names. ``rb.geometry.compare`` takes it like any other model.
 
+    Arguments not listed below are as for :func:`rb.variational <reparam_bridge.variational>`.
+
     Args:
         model: the wrapped model (every wrapper a bijector); ``q`` starts near its current values.
         flow: ``None`` (a masked autoregressive affine flow, tanh conditioners) or an
@@ -138,7 +140,6 @@ def neutra(
         return_approximation: also return the ``VariationalResult`` (``.khat``: below ~0.7 the
             flow is good enough that NUTS in ``b`` mixes well).
         init_scale: the default flow starts as ``N(current values, init_scale² I)``.
-        Other arguments as :func:`rb.variational <reparam_bridge.variational>`.
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist
