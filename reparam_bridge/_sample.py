@@ -263,34 +263,6 @@ def sample(
             thinning=thinning,
             log_likelihood=log_likelihood,
         )
-    elif checkpoint is not None:
-        mcmc, init_params = _mcmc(
-            kernel,
-            potential_fn,
-            kernel_kwargs,
-            num_warmup,
-            num_samples,
-            num_chains,
-            chain_method,
-            progress_bar,
-            thinning,
-            init_params,
-        )
-        config = dict(
-            kernel=kernel,
-            kernel_kwargs=kernel_kwargs,
-            num_warmup=num_warmup,
-            num_chains=num_chains,
-            chain_method=mcmc.chain_method,
-            every=every,
-        )
-        writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
-        mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-        writer.commit(None, None, mcmc.post_warmup_state)
-        parts = _checkpoint.run_chunks(
-            mcmc, mcmc.post_warmup_state, num_samples, every, writer, _extra_fields(mcmc), fresh=False
-        )
-        post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
     else:
         mcmc, init_params = _mcmc(
             kernel,
@@ -304,8 +276,25 @@ def sample(
             thinning,
             init_params,
         )
-        mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-        post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+        if checkpoint is not None:
+            config = dict(
+                kernel=kernel,
+                kernel_kwargs=kernel_kwargs,
+                num_warmup=num_warmup,
+                num_chains=num_chains,
+                chain_method=mcmc.chain_method,
+                every=every,
+            )
+            writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
+            mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+            writer.commit(None, None, mcmc.post_warmup_state)
+            parts = _checkpoint.run_chunks(
+                mcmc, mcmc.post_warmup_state, num_samples, every, writer, _extra_fields(mcmc), fresh=False
+            )
+            post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
+        else:
+            mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+            post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
     post.coords, post.dims = coords, dims
     if coords is not None or dims is not None:
         post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
