@@ -33,28 +33,35 @@ ENV_VAR = "REPARAM_BRIDGE_POSTERIORDB"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def posteriordb_dir() -> Path | None:
-    """The folder holding the posteriordb JSON files, or ``None`` when there is none.
-
-    ``$REPARAM_BRIDGE_POSTERIORDB`` wins (and must exist); else ``<repo>/../shared/posteriordb``.
-    """
-    env = os.environ.get(ENV_VAR)
+def shared_dir(env_var: str, name: str) -> Path | None:
+    """``$env_var`` (must exist), else ``<repo>/../shared/<name>``, else ``None``."""
+    env = os.environ.get(env_var)
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"${ENV_VAR}={env!r} is not a directory.")
+            raise FileNotFoundError(f"${env_var}={env!r} is not a directory.")
         return path
-    path = _REPO_ROOT.parent / "shared" / "posteriordb"
+    path = _REPO_ROOT.parent / "shared" / name
     return path if path.is_dir() else None
+
+
+def load_json(env_var: str, name: str, posterior: str) -> dict[str, Any]:
+    """The JSON of ``<posterior>.json`` in :func:`shared_dir` (keys ``data``, ``reference``, ...)."""
+    folder = shared_dir(env_var, name)
+    if folder is None:
+        raise FileNotFoundError(f"no {name} folder: set ${env_var} or put it at ../shared/{name}.")
+    with open(folder / f"{posterior}.json") as f:
+        return json.load(f)
+
+
+def posteriordb_dir() -> Path | None:
+    """The folder holding the posteriordb JSON files (``$REPARAM_BRIDGE_POSTERIORDB`` wins), or ``None``."""
+    return shared_dir(ENV_VAR, "posteriordb")
 
 
 def load(posterior: str) -> dict[str, Any]:
     """The JSON of ``<posterior>.json`` (keys ``data``, ``reference``, ...)."""
-    folder = posteriordb_dir()
-    if folder is None:
-        raise FileNotFoundError(f"no posteriordb folder: set ${ENV_VAR} or put it at ../shared/posteriordb.")
-    with open(folder / f"{posterior}.json") as f:
-        return json.load(f)
+    return load_json(ENV_VAR, "posteriordb", posterior)
 
 
 def _f(x: Any) -> Array:

@@ -10,8 +10,6 @@ has 5000). The data are read from ``$REPARAM_BRIDGE_POSTERIORDB_V2`` or
 ``<repo>/../shared/posteriordb_v2``.
 """
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +22,18 @@ from jaxtyping import Array
 
 import reparam_bridge as rb
 
-from .posteriordb_models import Case, _f
+from .posteriordb_models import Case, _f, load_json, shared_dir
 
 ENV_VAR = "REPARAM_BRIDGE_POSTERIORDB_V2"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def posteriordb_v2_dir() -> Path | None:
     """``$REPARAM_BRIDGE_POSTERIORDB_V2`` (must exist), else ``<repo>/../shared/posteriordb_v2``, else ``None``."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"${ENV_VAR}={env!r} is not a directory.")
-        return path
-    path = _REPO_ROOT.parent / "shared" / "posteriordb_v2"
-    return path if path.is_dir() else None
+    return shared_dir(ENV_VAR, "posteriordb_v2")
 
 
 def load_v2(posterior: str) -> dict[str, Any]:
-    folder = posteriordb_v2_dir()
-    if folder is None:
-        raise FileNotFoundError(f"no posteriordb_v2 folder: set ${ENV_VAR} or put it at ../shared/posteriordb_v2.")
-    with open(folder / f"{posterior}.json") as f:
-        return json.load(f)
+    return load_json(ENV_VAR, "posteriordb_v2", posterior)
 
 
 def _np(raw: dict, key: str) -> np.ndarray:
