@@ -319,7 +319,20 @@ CONSTRUCT = [
         ["Bounded", "upper"],
         lambda: rb.Bounded(jnp.full(3, 0.5), lower=0.0, upper=jnp.ones(2)),
     ),
-    ("Simplex-not-representable", ValueError, ["Simplex"], lambda: rb.Simplex(jnp.array([0.9999, 1e-4 - 1e-8, 1e-8]))),
+    # float32's smallest subnormal: below the smallest stick the map can break (finfo.tiny)
+    ("Simplex-not-representable", ValueError, ["Simplex"], lambda: rb.Simplex(jnp.array([0.5, 0.5, 1e-45]))),
+    (
+        "Simplex-sum-not-one",
+        ValueError,
+        ["Simplex", "sum to 1", "value.sum"],
+        lambda: rb.Simplex(jnp.array([0.2, 0.3, 0.4999])),
+    ),
+    (
+        "ZeroSum-sum-not-zero",
+        ValueError,
+        ["ZeroSum", "sum to 0", "mean"],
+        lambda: rb.ZeroSum(jnp.array([1.0, -0.5, -0.4999])),
+    ),
     ("Real-string", TypeError, ["Real"], lambda: rb.Real("1.0")),
 ]
 for name, exc, needles, build in CONSTRUCT:

@@ -105,6 +105,19 @@ def _corr_cholesky_log_det(log1mz2: Array, log_rem: Array) -> Array:
     return jnp.sum(jnp.where(strict, log1mz2 + 0.5 * log_rem, 0.0), axis=(-1, -2))
 
 
+def _corr_cholesky_inverse(L: Array) -> Array:
+    """``x`` with ``corr_cholesky_parts(x)[0] == L``: ``z_ij = L_ij / sqrt(Σ_{k≥j} L_ik²)``.
+    NumPyro writes the remaining stick as ``1 - Σ_{k<j} L_ik²``, which cancels when a row's
+    tail is small (the round trip then lost up to ~300 ulps in float32); the tail sum is exact
+    to a few ulps, so a value comes back as given."""
+    d = L.shape[-1]
+    sq = jnp.tril(L) ** 2
+    rem = jnp.flip(jnp.cumsum(jnp.flip(sq, -1), axis=-1), -1)  # Σ_{k≥j} L_ik²
+    rows, cols = np.tril_indices(d, -1)
+    z = L[..., rows, cols] / jnp.sqrt(rem[..., rows, cols])
+    return jnp.arctanh(jnp.clip(z, -1 + jnp.finfo(L.dtype).eps, 1 - jnp.finfo(L.dtype).eps))
+
+
 class CorrCholeskyTransform(T.Transform):
     domain = constraints.real_vector
     codomain = constraints.corr_cholesky
@@ -117,7 +130,7 @@ class CorrCholeskyTransform(T.Transform):
         return L, (log1mz2, log_rem)
 
     def _inverse(self, y):
-        return T.CorrCholeskyTransform().inv(y)
+        return _corr_cholesky_inverse(y)
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         _, log1mz2, log_rem = corr_cholesky_parts(x) if intermediates is None else (None, *intermediates)
@@ -136,7 +149,7 @@ class CorrMatrixTransform(T.Transform):
         return L @ jnp.swapaxes(L, -1, -2), (log1mz2, log_rem)
 
     def _inverse(self, y):
-        return T.CorrCholeskyTransform().inv(jnp.linalg.cholesky(y))
+        return _corr_cholesky_inverse(jnp.linalg.cholesky(y))
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         # L ↦ C = L Lᵀ on the strict lower triangles has |det| = Π_i L_ii^(d-1-i).
@@ -160,10 +173,33 @@ class LowerCholeskyTransform(T.LowerCholeskyTransform):
 
 
 class StickBreakingTransform(T.StickBreakingTransform):
-    """NumPyro's stick-breaking map with its log-Jacobian written in log space:
-    ``sum_i log z_i + sum_{j<=i} log(1 - z_j)`` with ``log z = log_sigmoid(x)``, so that it and
-    its gradient stay finite where ``y`` underflows (NumPyro's ``log(y * z)`` gives a NaN
-    gradient in float32 at x = (100, -100, 100))."""
+    """NumPyro's stick-breaking map (same ``x ↦ y``), computed without cancellation.
+
+    NumPyro writes the remaining stick as ``1 - z`` forwards and ``1 - cumsum(y)`` backwards:
+    both cancel, so ``Simplex([0.9999, 1e-4 - 1e-8, 1e-8])`` came back with a last entry 840×
+    too small. Here ``1 - sigmoid(t)`` is ``sigmoid(-t)`` and the remaining stick is the tail
+    sum of ``y``, so every entry, however small, round-trips to a few ulps. The log-Jacobian
+    is in log space, ``Σ_i log z_i + Σ_{j≤i} log(1 - z_j)`` with ``log z = log_sigmoid(x)``,
+    so it and its gradient stay finite where ``y`` underflows (NumPyro's ``log(y * z)`` gives
+    a NaN gradient in float32 at x = (100, -100, 100))."""
+
+    @staticmethod
+    def _shift(n: int, dtype) -> Array:  # NumPyro's centring: x = 0 maps to the uniform simplex
+        return jnp.log(n - jnp.arange(n, dtype=dtype))
+
+    def __call__(self, x):
+        x = x - self._shift(x.shape[-1], x.dtype)
+        tiny = jnp.finfo(x.dtype).tiny  # a stick never breaks to exactly 0 (log y stays finite)
+        z = jnp.maximum(jax.nn.sigmoid(x), tiny)
+        rest = jnp.cumprod(jnp.maximum(jax.nn.sigmoid(-x), tiny), axis=-1)  # Π_{j≤i} (1 - z_j)
+        one = jnp.ones(x.shape[:-1] + (1,), x.dtype)
+        return jnp.concatenate([z, one], -1) * jnp.concatenate([one, rest], -1)
+
+    def _inverse(self, y):
+        tail = jnp.flip(jnp.cumsum(jnp.flip(y, -1), axis=-1), -1)  # Σ_{j≥i} y_j: the stick left at i
+        tiny = jnp.finfo(y.dtype).tiny
+        x = jnp.log(jnp.maximum(y[..., :-1], tiny)) - jnp.log(jnp.maximum(tail[..., 1:], tiny))
+        return x + self._shift(x.shape[-1], x.dtype)
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         x = x - jnp.log(x.shape[-1] - jnp.arange(x.shape[-1], dtype=x.dtype))  # NumPyro's centring shift

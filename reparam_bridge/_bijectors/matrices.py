@@ -19,8 +19,18 @@ class _SquareMatrixBijector(NamedBijector):
         if value.shape[-1] != value.shape[-2]:
             raise ValueError(f"{type(self).__name__}: value must be square (..., d, d), got shape {value.shape}.")
 
+    def _value_scale(self, value: Array) -> Array:
+        # a covariance entry is known to sqrt(Σ_ii Σ_jj) (Cholesky factors: override by row norm)
+        d = jnp.sqrt(jnp.abs(jnp.diagonal(value, axis1=-2, axis2=-1)))
+        return d[..., :, None] * d[..., None, :]
 
-class CorrCholesky(_SquareMatrixBijector):
+
+class _CholeskyFactorBijector(_SquareMatrixBijector):
+    def _value_scale(self, value: Array) -> Array:  # an entry of a factor is known to its row's norm
+        return jnp.linalg.norm(value, axis=-1, keepdims=True)
+
+
+class CorrCholesky(_CholeskyFactorBijector):
     """Cholesky factor of a correlation matrix (lower triangular, unit-norm rows); the
     log-Jacobian is with respect to the strictly lower triangle. Use with ``LKJCholesky``.
 
@@ -63,7 +73,7 @@ class CorrMatrix(_SquareMatrixBijector):
         return CorrMatrixTransform()
 
 
-class CovCholesky(_SquareMatrixBijector):
+class CovCholesky(_CholeskyFactorBijector):
     """Lower-triangular Cholesky factor with positive diagonal (NumPyro's
     ``LowerCholeskyTransform``: exp on the diagonal); log-Jacobian w.r.t. the lower triangle.
 

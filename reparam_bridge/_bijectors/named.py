@@ -97,10 +97,18 @@ class NamedBijector(Bijector):
                 f"{name}: value is on the boundary of the support {support_text(support)}, "
                 f"where the unconstrained image is infinite: {np.asarray(value)}. Move it inside."
             )
-        _checks.check_round_trip(name, value, inner.transform()(unconstrained), coupled=self.event_ndim > 0)
+        event_size = int(np.prod(value.shape[value.ndim - self.event_ndim :]))
+        recovered = inner.transform()(unconstrained)
+        _checks.check_round_trip(name, value, recovered, self._value_scale(value), event_size)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
             check_prior(name, prior, support, value.shape)
+
+    def _value_scale(self, value: Array) -> Array:
+        """The size each entry's round-trip error is measured against: its own magnitude.
+        Maps whose entries are known only to the rounding of a sum (ordered, zero-sum,
+        matrices) override it."""
+        return jnp.abs(value)
 
     def _check_value(self, value: Array) -> None:
         name = type(self).__name__

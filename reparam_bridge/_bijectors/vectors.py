@@ -8,6 +8,7 @@ from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions import transforms as T
 
+from .._checks import round_trip_tolerance
 from .checks import check_open_simplex
 from .maps import CumsumExpTransform, StickBreakingTransform, ZeroSumTransform
 from .named import NamedBijector
@@ -34,6 +35,15 @@ class Simplex(NamedBijector):
         if value.shape[-1] < 2:
             raise ValueError(f"Simplex: the last axis needs at least 2 entries, got shape {value.shape}.")
         check_open_simplex("Simplex", value)
+        # the map normalises by the sum, so a sum off by more than the round-trip tolerance
+        # would change the value: refuse it with the fix rather than as "not representable"
+        tol = round_trip_tolerance(value.dtype, value.shape[-1])
+        sums = np.sum(np.asarray(value, np.float64), axis=-1)
+        if np.any(np.abs(sums - 1) > tol):
+            raise ValueError(
+                f"Simplex: the last axis must sum to 1 (to {tol:.2g}), got sums {sums}. "
+                "Normalise it: value / value.sum(-1, keepdims=True)."
+            )
 
     def transform(self) -> T.Transform:
         return StickBreakingTransform()
@@ -53,6 +63,9 @@ class Ordered(NamedBijector):
 
     def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
         self._init_from_value(value, prior)
+
+    def _value_scale(self, value: Array) -> Array:  # entries are sums: their vector's size
+        return jnp.max(jnp.abs(value), axis=-1, keepdims=True)
 
     def transform(self) -> T.Transform:
         return T.OrderedTransform()
@@ -93,10 +106,19 @@ class ZeroSum(NamedBijector):
     def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
         self._init_from_value(value, prior)
 
+    def _value_scale(self, value: Array) -> Array:  # entries are sums: their vector's size
+        return jnp.max(jnp.abs(value), axis=-1, keepdims=True)
+
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)
-        if not bool(jnp.allclose(value.sum(-1), 0.0, atol=1e-5 * (1 + jnp.abs(value).max()))):
-            raise ValueError(f"ZeroSum: the last axis must sum to 0, got sums {np.asarray(value.sum(-1))}.")
+        v = np.asarray(value, np.float64)
+        tol = round_trip_tolerance(value.dtype, value.shape[-1]) * np.max(np.abs(v), axis=-1)
+        sums = np.sum(v, axis=-1)
+        if np.any(np.abs(sums) > tol):
+            raise ValueError(
+                f"ZeroSum: the last axis must sum to 0 (to {np.max(tol):.2g}), got sums {sums}. "
+                "Centre it: value - value.mean(-1, keepdims=True)."
+            )
 
     def support(self) -> constraints.Constraint:
         return constraints.zero_sum(1)
