@@ -54,7 +54,7 @@ from ._multistart import fit_ensemble as fit_ensemble
 from ._multistart import map_estimate_ensemble as map_estimate_ensemble
 from ._pathfinder import PathfinderResult as PathfinderResult
 from ._pathfinder import pathfinder as pathfinder
-from ._sample import Posterior as Posterior
+from ._posterior import Posterior as Posterior
 from ._sample import sample as sample
 from ._tree import NonTrainable as NonTrainable
 from ._tree import Ref as Ref

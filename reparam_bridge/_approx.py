@@ -81,7 +81,7 @@ class Approximation(eqx.Module):
 
     def sample(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> PyTree:
         """Draws as the user's model type, unwrapped, every array leaf shaped ``(chain, draw, ...)``."""
-        from ._sample import _batched_unwrap
+        from ._posterior import _batched_unwrap
 
         static = partition(self.mean)[1]
         return _batched_unwrap(static, self._unravel_batched(self.draws_flat(key, num_draws, num_chains)))

@@ -31,7 +31,8 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._approx import Approximation
 from ._arviz import psislw
 from ._density import check_bijective
-from ._sample import _logdensity_fn, check_model
+from ._diagnose import check_model
+from ._posterior import _logdensity_fn
 from ._util import coordinate_names
 
 

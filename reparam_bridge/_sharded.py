@@ -131,7 +131,7 @@ def sample_sharded(
 ):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
     mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``)."""
-    from ._sample import _EXTRA_FIELDS, Posterior, _logdensity_fn, _sample_stats
+    from ._posterior import _EXTRA_FIELDS, Posterior, _logdensity_fn, _sample_stats
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
     if thinning < 1:

@@ -139,7 +139,7 @@ def seed(
 def approximation_posterior(approx: Approximation, key: PRNGKeyArray, num_samples: int, num_chains: int):
     """An ``rb.Posterior`` holding ``num_chains x num_samples`` draws of ``approx`` (no MCMC:
     no ``sample_stats``, ``mcmc`` is ``None``)."""
-    from ._sample import Posterior
+    from ._posterior import Posterior
 
     static = partition(approx.mean)[1]
     samples = approx._unravel_batched(approx.draws_flat(key, num_samples, num_chains))

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree
 
-from ._sample import Posterior, _logdensity_fn, check_model
+from ._diagnose import check_model
+from ._posterior import Posterior, _logdensity_fn
 from ._util import tree_depth
 
 __all__ = ["logdensity", "posterior"]

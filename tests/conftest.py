@@ -17,7 +17,7 @@ def pytest_runtest_teardown(item, nextitem):
     memory maps; one process running the whole suite kept ~6,000 more per file and crashed
     (segfault in ``backend_compile_and_load``) at the kernel's limit of 65,530 maps
     (``vm.max_map_count``). Cleared per file, it grows by ~1,000 per file instead."""
-    if nextitem is None or nextitem.module is not item.module:
+    if nextitem is None or nextitem.path != item.path:  # doctest items have no .module
         jax.clear_caches()
         gc.collect()
 

@@ -1,0 +1,90 @@
+"""What is wrong with a model, found before compiling (:func:`check_model`) or after a
+non-finite start (:func:`diagnose_nonfinite`), always naming the parameter path."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+
+from . import _checks
+from ._density import check_bijective, gather, partition
+from ._paths import leaves_with_paths
+from ._tree import unwrap
+
+
+def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> tuple[PyTree, PyTree]:
+    """Every check that needs no compilation: bijective wrappers, free arrays, scalar density."""
+    _checks.check_callable("log_joint", log_joint, what)
+    _checks.preflight(model, what, density=True)
+    check_bijective(model, what)
+    params, static = partition(model)
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError(
+            f"{what}: the model has no free arrays to sample (every array is frozen, static or "
+            "not a float). Wrap parameters in rb.Real/rb.Positive/... or use float arrays."
+        )
+    try:
+        out = jax.eval_shape(lambda p: log_joint(unwrap(eqx.combine(p, static)), *args), params)
+    except Exception as e:
+        e.add_note(f"{what}: raised by log_joint(unwrap(model), *args) while checking its output shape.")
+        raise
+    _checks.check_density_output(out, what)
+    _checks.warn_unwrapped_free(model, what)
+    return params, static
+
+
+def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str | None:
+    """Say which parameter makes the log-density at ``model`` non-finite (``None`` if finite)."""
+    bijectors = gather(model).bijectors
+    for b in bijectors:
+        path, node, value = b.path, b.node, b.value
+        if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(value)):
+            return f"the value of '{path}' ({type(node).__name__}) is not finite"
+        if not bool(jnp.isfinite(jnp.sum(b.log_det))):
+            return f"the log-Jacobian of '{path}' ({type(node).__name__}) is not finite"
+        prior = getattr(node, "prior", None)
+        if prior is not None and not bool(jnp.isfinite(jnp.sum(prior.log_prob(value)))):
+            return f"the prior of '{path}' is not finite at its value {np.asarray(value)}"
+    params, static = partition(model)
+    for path, leaf in leaves_with_paths(params):
+        if leaf is not None and not bool(jnp.all(jnp.isfinite(leaf))):
+            return f"the free array '{path}' holds non-finite values"
+    lj = lambda p: log_joint(unwrap(eqx.combine(p, static)), *args)
+    try:
+        value = jax.jit(lj)(params)  # jitted: NumPyro's argument validation raises only eagerly
+    except Exception:  # the search below still names the parameter
+        value = jnp.nan
+    if bool(jnp.isfinite(value)):
+        return None
+    # log_joint itself is -inf/nan (say, a data-dependent bound is violated): name the
+    # parameters that, moved alone, make it finite; else those with a non-finite gradient.
+    owners = sorted((b.path for b in bijectors), key=len, reverse=True)
+    name = lambda path: next((o for o in owners if path == o or path.startswith(o + ".")), path)
+    suspects = list(dict.fromkeys(name(p) for p in _movable_leaves(jax.jit(lj), params)))
+    if suspects:
+        return (
+            f"log_joint(unwrap(model), *args) is {float(value)} at the initial point and becomes finite "
+            f"when only {', '.join(repr(s) for s in suspects)} is moved: its initial value is outside "
+            "what log_joint allows (e.g. a bound that depends on the data)"
+        )
+    grads = jax.grad(lambda p: jnp.nan_to_num(lj(p), nan=-1e30, neginf=-1e30))(params)
+    suspects = [name(p) for p, g in leaves_with_paths(grads) if g is not None and not bool(jnp.all(jnp.isfinite(g)))]
+    where = f"; the parameters involved: {', '.join(suspects)}" if suspects else ""
+    return f"log_joint(unwrap(model), *args) is {float(value)} at the initial point{where}"
+
+
+def _movable_leaves(fn: Callable, params: PyTree) -> list[str]:
+    """Paths of the free arrays which, shifted alone in unconstrained space, make ``fn`` finite."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    paths = [path for path, _ in leaves_with_paths(params)]
+    found = []
+    for i, leaf in enumerate(leaves):
+        for step in (0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 4.0, -4.0, 8.0, -8.0, 16.0, -16.0):
+            moved = [leaf + step if j == i else x for j, x in enumerate(leaves)]
+            if bool(jnp.isfinite(fn(jax.tree_util.tree_unflatten(treedef, moved)))):
+                found.append(paths[i])
+                break
+    return found
