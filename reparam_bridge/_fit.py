@@ -26,6 +26,7 @@ from ._constraint import apply, contains_constraints
 from ._convergence import Tolerance, report
 from ._density import check_bijective, partition
 from ._paths import path_to_str
+from ._sharded import auto_axes
 from ._tree import unwrap
 from ._util import NegLogDensity
 
@@ -249,6 +250,7 @@ def _fit(
     warn=None,
 ) -> FitResult:
     steps = _checks.check_int("steps", steps, what, minimum=0)
+    args = auto_axes(args)
     tolerance = Tolerance.of(tol, rtol, what)
     _checks.preflight(model, what, density=what.startswith("map_estimate"))
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):

@@ -18,6 +18,7 @@ from ._arviz import psislw
 from ._checks import preflight
 from ._density import check_bijective, partition
 from ._fit import map_estimate
+from ._sharded import auto_axes
 from ._util import neg_log_density_hessian
 
 
@@ -101,6 +102,7 @@ def laplace(
     """
     preflight(model, "laplace", density=True)
     check_bijective(model, "laplace")
+    args = auto_axes(args)
     if optimize:
         model = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
     elif map_kwargs:

@@ -33,6 +33,7 @@ from ._arviz import psislw
 from ._density import check_bijective
 from ._diagnose import check_model
 from ._posterior import _logdensity_fn
+from ._sharded import auto_axes
 from ._util import coordinate_names
 
 
@@ -138,6 +139,7 @@ def pathfinder(
     ):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"pathfinder: {name} must be a positive integer, got {value!r}.")
+    args = auto_axes(args)
     params, static = check_model(model, log_joint, args, "pathfinder")
     bjp = _import_blackjax()
     flat, unravel = ravel_pytree(params)

@@ -17,7 +17,7 @@ from ._density import partition
 from ._diagnose import check_model, diagnose_nonfinite
 from ._paths import leaves_with_paths
 from ._posterior import Posterior, _extra_fields, _kernel_class
-from ._sharded import args_are_sharded, sample_sharded
+from ._sharded import args_are_sharded, auto_axes, sample_sharded
 from ._trust import check_draws
 from ._util import NegLogDensity
 
@@ -128,6 +128,7 @@ def sample(
         ((2, 200), (2, 200))
     """
     _check_key(key)
+    args = auto_axes(args)
     _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
     every = _checks.check_checkpoint_args(checkpoint, checkpoint_every, num_samples, thinning)
     _checks.check_kernel_kwargs({"nuts": NUTS, "hmc": HMC}.get(str(kernel).lower(), kernel), kernel_kwargs, "rb.sample")

@@ -31,7 +31,7 @@ The draws are gathered to the host (on every process, process 0 included) into a
     >>> post.draws["mu"].shape == (2 * jax.device_count(), 100)
     True
     >>> # big data: split along the observation axis; it stays split, chains are replicated
-    >>> mesh = Mesh(np.array(jax.devices()), ("data",))  # Auto axes (jax.make_mesh defaults to Explicit)
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
     >>> ys = jax.device_put(y, NamedSharding(mesh, P("data")))
     >>> fit = rb.map_estimate(model, log_joint, ys, steps=100, progress_bar=False)
     >>> post = rb.sample(fit.model, log_joint, ys, key=jax.random.key(1), num_chains=2,
@@ -62,6 +62,30 @@ def _sharded_leaves(args: tuple) -> list[jax.Array]:
         for x in jax.tree_util.tree_leaves(args)
         if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
     ]
+
+
+def auto_axes(args: tuple) -> tuple:
+    """``args`` with every array on an explicit-axis mesh (``jax.make_mesh``'s default since
+    JAX 0.7) moved to the same mesh with ``Auto`` axes: the same devices and the same split, no
+    data moved. Under explicit axes JAX types each array with its sharding and refuses what it
+    cannot type, e.g. ``jax.grad`` of ``(x @ w).sum()`` over row-sharded ``x`` ("contracting
+    dimensions are sharded"), so the user's own ``log_joint`` gradient fails; with ``Auto`` axes
+    XLA chooses the layouts and inserts the cross-device reduction."""
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    if axis_type is None:  # a JAX without sharding in types: every mesh is Auto
+        return args
+
+    def auto(x):
+        sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
+        if not isinstance(sharding, NamedSharding):
+            return x
+        mesh = sharding.mesh
+        if all(t == axis_type.Auto for t in getattr(mesh, "axis_types", ())):
+            return x
+        auto_mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(axis_type.Auto,) * len(mesh.axis_names))
+        return jax.device_put(x, NamedSharding(auto_mesh, sharding.spec))
+
+    return jax.tree_util.tree_map(auto, args)
 
 
 def args_are_sharded(args: tuple) -> bool:

@@ -134,6 +134,20 @@ FOUR_DEVICES = COMMON + textwrap.dedent(
     assert "num_partitions=4" in hlo and "all-reduce(" in hlo
     whole = [name for name, text in programs("*").items() if re.search(rf"[\[,]{N}[\],]", text)]
     assert not whole, whole
+
+    # 4. an explicit-axis mesh (jax.make_mesh's default in new JAX), under which plain
+    # jax.grad of this log_joint raises: the library moves the data to Auto axes, no copy
+    if hasattr(jax.sharding, "AxisType"):
+        mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+        ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+        fit = rb.map_estimate(model(), log_joint, ys, steps=300, progress_bar=False)
+        assert abs(float(rb.unwrap(fit.model)["mu"]) - ref["mu"][0]) < 0.05 * ref["mu"][1]
+        post = rb.sample(fit.model, log_joint, ys, key=jax.random.key(5), num_warmup=300, num_samples=300,
+                         num_chains=4, progress_bar=False)
+        check_moments(post.draws, ref, "explicit axes")
+        assert "all-reduce(" in newest_run()
+        whole = [name for name, text in programs("*").items() if re.search(rf"[\[,]{N}[\],]", text)]
+        assert not whole, whole
     print("OK four devices")
     """
 )
