@@ -2,6 +2,7 @@
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -161,6 +162,14 @@ def sample(
         )
 
     sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args))
+    if not sharded and args_are_sharded(args):
+        warnings.warn(
+            f"rb.sample: *args are split over devices, but chain_method={chain_method!r} runs NumPyro's "
+            "MCMC, whose compiled program holds them as constants on one device (the whole data set "
+            "gathered there). Pass chain_method=None or 'sharded' to keep them split.",
+            UserWarning,
+            stacklevel=2,
+        )
     if sharded and checkpoint is not None:
         raise ValueError(
             "rb.sample: checkpoint= is not supported with chain_method='sharded' (or sharded data) yet; "

@@ -148,6 +148,17 @@ FOUR_DEVICES = COMMON + textwrap.dedent(
         assert "all-reduce(" in newest_run()
         whole = [name for name, text in programs("*").items() if re.search(rf"[\[,]{N}[\],]", text)]
         assert not whole, whole
+
+    # 5. last (its program does hold the whole data set): NumPyro's own chain methods on split
+    # data gather it into constants, and say so
+    import warnings
+    ys = jax.device_put(y, NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rb.sample(model(), log_joint, ys, key=jax.random.key(2), num_warmup=20, num_samples=20,
+                  num_chains=1, chain_method="vectorized", progress_bar=False)
+    said = [str(w.message) for w in caught if "split over devices" in str(w.message)]
+    assert said and "chain_method='vectorized'" in said[0], [str(w.message) for w in caught]
     print("OK four devices")
     """
 )
