@@ -108,13 +108,10 @@ def laplace(
     elif map_kwargs:
         raise TypeError(f"laplace(optimize=False) takes no optimiser arguments, got {sorted(map_kwargs)}.")
     flat, _, names, neg_log_p, grad, hess = neg_log_density_hessian(log_joint, model, args)
-    chol = jnp.linalg.cholesky(hess)
+    chol, covariance, offset = _gaussian(hess, grad)
     if not bool(jnp.all(jnp.isfinite(chol))):
         raise ValueError(_not_pd_message(np.asarray(hess), names))
-    covariance = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(flat.shape[0], dtype=flat.dtype))
-
-    # Newton step to the mode, in posterior standard deviations: ~0 at a true mode.
-    offset = np.asarray(jnp.abs(covariance @ grad) / jnp.sqrt(jnp.diag(covariance)))
+    offset = np.asarray(offset)
     if offset.max() > 0.05:
         worst = names[int(offset.argmax())]
         warnings.warn(
@@ -148,22 +145,35 @@ def laplace(
     return result
 
 
+@jax.jit  # one compiled program (eagerly, each of these operations compiles its own: ~1 s)
+def _gaussian(hess: Array, grad: Array) -> tuple[Array, Array, Array]:
+    """Cholesky factor of the precision, the covariance, and the Newton step to the mode in
+    posterior standard deviations (~0 at a true mode)."""
+    chol = jnp.linalg.cholesky(hess)
+    covariance = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(hess.shape[0], dtype=hess.dtype))
+    return chol, covariance, jnp.abs(covariance @ grad) / jnp.sqrt(jnp.diag(covariance))
+
+
 def _psis(result: LaplaceResult, neg_log_p, args, key, num_draws: int) -> tuple[float, np.ndarray, float]:
-    z, eps = result._unconstrained(key, (num_draws,))
-    n = z.shape[-1]
-    log_q = (
-        -0.5 * jnp.sum(eps**2, axis=-1)
-        + jnp.sum(jnp.log(jnp.diag(result.precision_cholesky)))
-        - 0.5 * n * jnp.log(2 * jnp.pi)
-    )
-    log_p = -eqx.filter_jit(eqx.filter_vmap(neg_log_p, in_axes=(0, None)))(z, args)  # data as argument
-    log_ratios = np.asarray(log_p - log_q)
+    flat, _ = ravel_pytree(partition(result.mean)[0])
+    log_ratios = np.asarray(_log_ratios(neg_log_p, flat, result.precision_cholesky, key, args, num_draws))
     log_ratios = np.where(np.isfinite(log_ratios), log_ratios, -np.inf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns itself when k-hat is large; we report it
         lw, khat = psislw(log_ratios)
     ess = float(1.0 / np.sum(np.exp(2 * lw)))
     return khat, lw, ess
+
+
+@eqx.filter_jit  # one program for draws, log q and log p (eagerly: ~10 small compiles, ~2 s)
+def _log_ratios(neg_log_p, flat, chol, key, args, num_draws: int) -> Array:
+    """``log p - log q`` at ``num_draws`` draws of the Gaussian, the same draws as
+    :meth:`LaplaceResult._unconstrained` gives for ``key``; the data is an argument."""
+    n = flat.shape[0]
+    eps = jax.random.normal(key, (num_draws, n), dtype=flat.dtype)
+    z = flat + jax.scipy.linalg.solve_triangular(chol.T, eps.T, lower=False).T
+    log_q = -0.5 * jnp.sum(eps**2, axis=-1) + jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * n * jnp.log(2 * jnp.pi)
+    return -jax.vmap(neg_log_p, in_axes=(0, None))(z, args) - log_q
 
 
 def _not_pd_message(hess: np.ndarray, names: tuple[str, ...]) -> str:

@@ -89,8 +89,11 @@ def neg_log_density_hessian(log_joint: Callable[..., Any], model: PyTree, args: 
 
     # the data is an argument of the compiled function (a constant would be copied onto one
     # device, gathering data that the caller sharded)
-    grad, hess = eqx.filter_jit(lambda x, a: (jax.grad(neg_log_p)(x, a), jax.hessian(neg_log_p)(x, a)))(flat, args)
-    hess = 0.5 * (hess + hess.T)
+    def grad_and_hessian(x, a):  # one compiled call: eager ops would each compile a program
+        hess = jax.hessian(neg_log_p)(x, a)
+        return jax.grad(neg_log_p)(x, a), 0.5 * (hess + hess.T)
+
+    grad, hess = eqx.filter_jit(grad_and_hessian)(flat, args)
     return HessianAt(flat, unravel, tuple(coordinate_names(params)), neg_log_p, grad, hess)
 
 
