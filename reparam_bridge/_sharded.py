@@ -80,10 +80,10 @@ def auto_axes(args: tuple) -> tuple:
         if not isinstance(sharding, NamedSharding):
             return x
         mesh = sharding.mesh
-        if all(t == axis_type.Auto for t in getattr(mesh, "axis_types", ())):
+        if all(t == axis_type.Auto for t in (getattr(mesh, "axis_types", None) or ())):
             return x
         auto_mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(axis_type.Auto,) * len(mesh.axis_names))
-        return jax.device_put(x, NamedSharding(auto_mesh, sharding.spec))
+        return jax.device_put(x, NamedSharding(auto_mesh, sharding.spec, memory_kind=sharding.memory_kind))
 
     return jax.tree_util.tree_map(auto, args)
 

@@ -465,3 +465,28 @@ def test_constrained_refuses_jax_array_bounds_in_its_static_constraint():
     with pytest.raises(TypeError, match="rb.Bounded"):
         rb.Constrained(0.5, constraints.interval(jnp.array(0.0), jnp.array(1.0)))
     assert float(rb.unwrap(rb.Constrained(0.5, constraints.interval(0.0, 1.0)))) == pytest.approx(0.5)
+
+
+def test_values_near_zero_use_their_natural_scale():
+    # an entry's round trip is judged against its natural scale: the bounds of a Bounded value,
+    # the vector of an ordered Constrained (as rb.Ordered), not its own (tiny or zero) digits
+    from numpyro.distributions import constraints
+
+    for b, want in [
+        (rb.Bounded(0.0, lower=-1.0, upper=2.0), 0.0),
+        (rb.Bounded(1e-3, lower=-10.0), 1e-3),
+        (rb.Constrained(jnp.array([-1.0, 1e-4, 1.0]), constraints.ordered_vector), [-1.0, 1e-4, 1.0]),
+    ]:
+        np.testing.assert_allclose(rb.unwrap(b), want, atol=64 * np.finfo(np.float32).eps * 10)
+
+
+def test_stick_breaking_never_gives_an_exact_zero():
+    # float32 products underflow at x = (60, 60); a 0 entry made Dirichlet(0.5) +inf
+    import numpyro.distributions as dist
+
+    b = rb.Simplex.from_unconstrained(jnp.array([60.0, 60.0]))
+    assert bool(jnp.all(rb.unwrap(b) > 0))
+    g = jax.grad(lambda u: dist.Dirichlet(jnp.full(3, 0.5)).log_prob(rb.unwrap(rb.Simplex.from_unconstrained(u))))(
+        b.unconstrained
+    )
+    assert bool(jnp.all(jnp.isfinite(g)))

@@ -189,11 +189,13 @@ class StickBreakingTransform(T.StickBreakingTransform):
 
     def __call__(self, x):
         x = x - self._shift(x.shape[-1], x.dtype)
-        tiny = jnp.finfo(x.dtype).tiny  # a stick never breaks to exactly 0 (log y stays finite)
+        tiny = jnp.finfo(x.dtype).tiny  # no entry is ever exactly 0 (log y stays finite)
         z = jnp.maximum(jax.nn.sigmoid(x), tiny)
         rest = jnp.cumprod(jnp.maximum(jax.nn.sigmoid(-x), tiny), axis=-1)  # Π_{j≤i} (1 - z_j)
         one = jnp.ones(x.shape[:-1] + (1,), x.dtype)
-        return jnp.concatenate([z, one], -1) * jnp.concatenate([one, rest], -1)
+        # the products can still underflow (float32, x = (60, 60)): clamp them too, so that a
+        # Dirichlet log-density stays finite where NumPyro's clipped map keeps it finite
+        return jnp.maximum(jnp.concatenate([z, one], -1) * jnp.concatenate([one, rest], -1), tiny)
 
     def _inverse(self, y):
         tail = jnp.flip(jnp.cumsum(jnp.flip(y, -1), axis=-1), -1)  # Σ_{j≥i} y_j: the stick left at i

@@ -8,7 +8,7 @@ from numpyro.distributions import Distribution
 from numpyro.distributions import transforms as T
 
 from .maps import CorrCholeskyTransform, CorrMatrixTransform, LowerCholeskyTransform, positive_definite_transform
-from .named import NamedBijector
+from .named import NamedBijector, diagonal_scale, row_norm_scale
 
 
 class _SquareMatrixBijector(NamedBijector):
@@ -19,15 +19,13 @@ class _SquareMatrixBijector(NamedBijector):
         if value.shape[-1] != value.shape[-2]:
             raise ValueError(f"{type(self).__name__}: value must be square (..., d, d), got shape {value.shape}.")
 
-    def _value_scale(self, value: Array) -> Array:
-        # a covariance entry is known to sqrt(Σ_ii Σ_jj) (Cholesky factors: override by row norm)
-        d = jnp.sqrt(jnp.abs(jnp.diagonal(value, axis1=-2, axis2=-1)))
-        return d[..., :, None] * d[..., None, :]
+    def _value_scale(self, value: Array) -> Array:  # Cholesky factors override it by row norm
+        return diagonal_scale(value)
 
 
 class _CholeskyFactorBijector(_SquareMatrixBijector):
-    def _value_scale(self, value: Array) -> Array:  # an entry of a factor is known to its row's norm
-        return jnp.linalg.norm(value, axis=-1, keepdims=True)
+    def _value_scale(self, value: Array) -> Array:
+        return row_norm_scale(value)
 
 
 class CorrCholesky(_CholeskyFactorBijector):

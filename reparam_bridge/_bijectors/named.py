@@ -26,6 +26,29 @@ from .checks import (
 from .maps import biject_to, forward_and_log_det
 
 
+# The natural scale each entry's round-trip error is measured against (see check_round_trip).
+def vector_max_scale(v: Array) -> Array:  # entries that are sums (ordered, zero-sum): the vector's size
+    return jnp.max(jnp.abs(v), axis=-1, keepdims=True)
+
+
+def row_norm_scale(v: Array) -> Array:  # an entry of a Cholesky factor: its row's norm
+    return jnp.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def diagonal_scale(v: Array) -> Array:  # a covariance entry: sqrt(Σ_ii Σ_jj)
+    d = jnp.sqrt(jnp.abs(jnp.diagonal(v, axis1=-2, axis2=-1)))
+    return d[..., :, None] * d[..., None, :]
+
+
+def bounds_scale(v: Array, *bounds: Any) -> Array:
+    """``lower + exp(u)`` near 0 with ``lower = -10`` is known to ~10·eps, not to its own digits."""
+    scale = jnp.abs(v)
+    for bound in bounds:
+        if bound is not None:
+            scale = jnp.maximum(scale, jnp.abs(jnp.asarray(bound, v.dtype)))
+    return scale
+
+
 class NamedBijector(Bijector):
     """Shared machinery of the named bijectors: one free array ``unconstrained``, a NumPyro
     transform built from the (unwrapped) configuration fields, an optional ``prior``."""
@@ -232,6 +255,10 @@ class Bounded(NamedBijector):
                 raise ValueError(f"Bounded: need lower < upper, got lower={lo}, upper={hi}.")
         return {"lower": lower, "upper": upper}
 
+    def _value_scale(self, value: Array) -> Array:
+        inner = _tree.inner(self)
+        return bounds_scale(value, inner.lower, inner.upper)
+
     def support(self) -> constraints.Constraint:
         if self.upper is None:
             return constraints.greater_than(self.lower)
@@ -286,6 +313,21 @@ class Constrained(NamedBijector):
 
     def support(self) -> constraints.Constraint:
         return self.constraint
+
+    def _value_scale(self, value: Array) -> Array:  # as the named bijector of the same constraint
+        c = self.constraint
+        if isinstance(c, (constraints._OrderedVector, constraints._ZeroSum)):
+            return vector_max_scale(value)
+        if isinstance(c, (constraints._CorrCholesky, constraints._LowerCholesky)):
+            return row_norm_scale(value)
+        if isinstance(c, (constraints._PositiveDefinite, constraints._CorrMatrix)):
+            return diagonal_scale(value)
+        if isinstance(c, constraints._Interval):
+            return bounds_scale(value, c.lower_bound, c.upper_bound)
+        if isinstance(c, (constraints._GreaterThan, constraints._LessThan)):
+            bound = getattr(c, "lower_bound", None) if isinstance(c, constraints._GreaterThan) else c.upper_bound
+            return bounds_scale(value, bound)
+        return jnp.abs(value)
 
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)

@@ -2,7 +2,6 @@
 
 from typing import ClassVar
 
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
@@ -11,7 +10,7 @@ from numpyro.distributions import transforms as T
 from .._checks import round_trip_tolerance
 from .checks import check_open_simplex
 from .maps import CumsumExpTransform, StickBreakingTransform, ZeroSumTransform
-from .named import NamedBijector
+from .named import NamedBijector, vector_max_scale
 
 
 class Simplex(NamedBijector):
@@ -65,7 +64,7 @@ class Ordered(NamedBijector):
         self._init_from_value(value, prior)
 
     def _value_scale(self, value: Array) -> Array:  # entries are sums: their vector's size
-        return jnp.max(jnp.abs(value), axis=-1, keepdims=True)
+        return vector_max_scale(value)
 
     def transform(self) -> T.Transform:
         return T.OrderedTransform()
@@ -107,12 +106,14 @@ class ZeroSum(NamedBijector):
         self._init_from_value(value, prior)
 
     def _value_scale(self, value: Array) -> Array:  # entries are sums: their vector's size
-        return jnp.max(jnp.abs(value), axis=-1, keepdims=True)
+        return vector_max_scale(value)
 
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)
         v = np.asarray(value, np.float64)
-        tol = round_trip_tolerance(value.dtype, value.shape[-1]) * np.max(np.abs(v), axis=-1)
+        # the projection spreads a sum s over n entries (|s|/sqrt(n) each), hence the sqrt(n)
+        n = value.shape[-1]
+        tol = np.sqrt(n) * round_trip_tolerance(value.dtype, n) * np.max(np.abs(v), axis=-1)
         sums = np.sum(v, axis=-1)
         if np.any(np.abs(sums) > tol):
             raise ValueError(
