@@ -51,12 +51,7 @@ class LaplaceResult(Approximation):
 
     def _unconstrained(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> tuple[Array, Array]:
         flat, _ = ravel_pytree(partition(self.mean)[0])
-        eps = jax.random.normal(key, (*shape, flat.shape[0]), dtype=flat.dtype)
-        # precision = L Lᵀ, so z = mean + L⁻ᵀ eps has covariance L⁻ᵀ L⁻¹ = precision⁻¹.
-        dz = jax.scipy.linalg.solve_triangular(
-            self.precision_cholesky.T, eps.reshape(-1, flat.shape[0]).T, lower=False
-        ).T
-        return flat + dz.reshape(eps.shape), eps
+        return _gaussian_draws(flat, self.precision_cholesky, key, shape)
 
 
 def laplace(
@@ -145,6 +140,15 @@ def laplace(
     return result
 
 
+def _gaussian_draws(flat: Array, chol: Array, key: PRNGKeyArray, shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """Draws ``(*shape, n)`` of N(flat, (L Lᵀ)⁻¹) and their standard-normal noise: with the
+    precision L Lᵀ, z = flat + L⁻ᵀ eps has covariance L⁻ᵀ L⁻¹."""
+    n = flat.shape[0]
+    eps = jax.random.normal(key, (*shape, n), dtype=flat.dtype)
+    dz = jax.scipy.linalg.solve_triangular(chol.T, eps.reshape(-1, n).T, lower=False).T
+    return flat + dz.reshape(eps.shape), eps
+
+
 @jax.jit  # one compiled program (eagerly, each of these operations compiles its own: ~1 s)
 def _gaussian(hess: Array, grad: Array) -> tuple[Array, Array, Array]:
     """Cholesky factor of the precision, the covariance, and the Newton step to the mode in
@@ -170,8 +174,7 @@ def _log_ratios(neg_log_p, flat, chol, key, args, num_draws: int) -> Array:
     """``log p - log q`` at ``num_draws`` draws of the Gaussian, the same draws as
     :meth:`LaplaceResult._unconstrained` gives for ``key``; the data is an argument."""
     n = flat.shape[0]
-    eps = jax.random.normal(key, (num_draws, n), dtype=flat.dtype)
-    z = flat + jax.scipy.linalg.solve_triangular(chol.T, eps.T, lower=False).T
+    z, eps = _gaussian_draws(flat, chol, key, (num_draws,))
     log_q = -0.5 * jnp.sum(eps**2, axis=-1) + jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * n * jnp.log(2 * jnp.pi)
     return -jax.vmap(neg_log_p, in_axes=(0, None))(z, args) - log_q
 
