@@ -12,7 +12,7 @@ package is laid out: ``ARCHITECTURE.md``. Example:
 
 from importlib import metadata as _metadata
 
-from . import _arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
+from . import arviz as arviz  # rb.arviz: the ArviZ 0.2x/1.x adapter
 from . import blackjax as blackjax  # the adapter; BlackJAX itself is imported by the user, never here
 from . import geometry as geometry  # curvature, parameterisation comparison, plots
 from . import numpyro as numpyro  # rb.numpyro.random_module / module; inside the package `import numpyro` is NumPyro

@@ -1,37 +1,23 @@
-"""The ArviZ adapter: every difference between ArviZ 0.2x (``InferenceData``) and ArviZ 1.x
-(``xarray.DataTree``, arviz-base/-stats) lives here, and the rest of the package calls only this.
-
-Variable names are the model's dotted attribute paths. The statistics (:func:`summary`,
-:func:`ess`, :func:`rhat`, :func:`mcse`, :func:`psislw`) are called with explicit settings so
-that the same draws give the same numbers on both ArviZ lines (their defaults differ: 1.x's
-summary reports an 89 % ETI and a different tail ESS, its ``psislw`` takes log-likelihoods and
-a different tail length).
+"""Building and reading ArviZ data on both ArviZ lines (0.2x ``InferenceData``, 1.x
+``xarray.DataTree``) and the statistics called with explicit settings so both give the same
+numbers. The public face is ``rb.arviz`` (``arviz.py``); PSIS is in ``_psis.py``, netCDF in
+``_netcdf.py``.
 
 Example:
     >>> import numpy as np
-    >>> from reparam_bridge import _arviz
     >>> x = np.random.default_rng(0).normal(size=(2, 100))
-    >>> idata = _arviz.to_inference_data({"mu": x}, attrs={"note": "demo"})
-    >>> _arviz.groups(idata), _arviz.group(idata, "posterior")["mu"].shape
-    (['posterior'], (2, 100))
-    >>> _arviz.attrs(idata)["note"], _arviz.attrs(idata)["creation_library"]
-    ('demo', 'reparam_bridge')
-    >>> list(_arviz.summary(idata).columns)
-    ['mean', 'sd', 'hdi_3%', 'hdi_97%', 'mcse_mean', 'mcse_sd', 'ess_bulk', 'ess_tail', 'r_hat']
+    >>> groups(to_inference_data({"mu": x}))
+    ['posterior']
 """
 
 import importlib
 import importlib.metadata
 import importlib.util
-import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from ._naming import draws_to_dict, random_nodes  # noqa: F401 - moved to _naming; old import path
 
 
 def import_arviz():
@@ -288,102 +274,6 @@ def summary(data: Any, var_names: Sequence[str] | None = None, kind: str = "all"
             name = f"{var}[{', '.join(str(x) for x in labels)}]" if own else str(var)
             rows[name] = [float(c[var].transpose(*own).values[idx]) for c in columns.values()]
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(columns))
-
-
-def psislw(log_ratios: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, float]:
-    """Pareto-smoothed importance sampling of ``log_ratios = log p - log q`` (last axis: draws):
-    the smoothed, normalised log-weights and the Pareto k-hat, the same numbers on both ArviZ lines.
-
-    ArviZ 1.x's array ``psislw`` takes log-*likelihoods* (it negates them) and fits
-    ``floor(3 sqrt(S / r_eff))`` tail draws where 0.2x fits ``ceil(min(S / 5, 3 sqrt(S / r_eff)))``;
-    the r_eff passed to 1.x below gives it 0.2x's tail length (exactly, except for fewer than about
-    225 draws that are not a multiple of 5).
-
-    Example:
-        >>> import numpy as np
-        >>> lw, khat = psislw(np.random.default_rng(0).normal(size=1000) * 0.5)
-        >>> round(float(np.exp(lw).sum()), 6), round(khat, 3)
-        (1.0, 0.185)
-    """
-    az = import_arviz()
-    log_ratios = np.asarray(log_ratios)
-    # rounding of the model's arithmetic: float32 (JAX's default) unless the ratios say coarser;
-    # callers often hand float64 copies of float32 numbers, so the dtype alone cannot tell
-    eps = np.finfo(np.float32).eps
-    if np.issubdtype(log_ratios.dtype, np.floating):
-        eps = max(eps, np.finfo(log_ratios.dtype).eps)
-    log_ratios = log_ratios.astype(np.float64)
-    n = log_ratios.shape[-1]
-    tail = math.ceil(min(n / 5.0, 3 * math.sqrt(n / reff)))
-    top = np.sort(log_ratios, axis=-1)[..., -tail:]
-    if log_ratios.ndim == 1 and np.ptp(top) <= 64 * eps * max(1.0, float(np.abs(top).max())):
-        # q equals p in the tail (up to a few ulps of rounding): the weights need no smoothing and the
-        # Pareto fit is undefined (0.2x returns inf for equal values, 1.x raises or gives nan).
-        # A tail lighter than any Pareto's is k = -inf, the same on both lines.
-        return log_ratios - np.logaddexp.reduce(log_ratios), -math.inf
-    if arviz_major() < 1:
-        lw, khat = az.psislw(log_ratios, reff=reff)
-        return np.asarray(lw), float(np.asarray(khat))
-    from arviz_stats.base import array_stats
-
-    lw, khat = array_stats.psislw(-log_ratios, r_eff=9 * n / (tail + 0.5) ** 2)
-    return np.asarray(lw), float(np.asarray(khat))
-
-
-class Loo:
-    """``az.loo`` read the same way on both lines: ``elpd_loo``, ``se``, ``p_loo``,
-    ``pareto_k`` (one per observation), ``n_data_points``; ``native`` is ArviZ's own object."""
-
-    def __init__(self, native: Any):
-        self.native = native
-        new = hasattr(native, "elpd")  # ArviZ 1.x ELPDData; 0.x's is a pandas Series
-        self.elpd_loo = float(native.elpd if new else native["elpd_loo"])
-        self.se = float(native.se if new else native["se"])
-        self.p_loo = float(native.p if new else native["p_loo"])
-        self.pareto_k = np.asarray(native.pareto_k if new else native["pareto_k"])
-        self.n_data_points = int(native.n_data_points)
-
-    def __repr__(self) -> str:
-        return f"Loo(elpd_loo={self.elpd_loo:.3f}, se={self.se:.3f}, p_loo={self.p_loo:.3f}, max k={self.pareto_k.max():.2f})"
-
-
-def loo(idata: Any, var_name: str | None = None) -> Loo:
-    """PSIS-LOO from the ``log_likelihood`` group (``var_name`` picks one of several observed variables)."""
-    return Loo(import_arviz().loo(idata, var_name=var_name))
-
-
-# ----------------------------------------------------------------------------------------
-# netCDF
-
-
-def netcdf_engine() -> str:
-    """``"h5netcdf"`` (a dependency of reparam_bridge) or else ``"netcdf4"``; an ImportError naming
-    what to install when neither is importable."""
-    if importlib.util.find_spec("h5netcdf") and importlib.util.find_spec("h5py"):
-        return "h5netcdf"
-    if importlib.util.find_spec("netCDF4"):
-        return "netcdf4"
-    raise ImportError(
-        "Saving/loading ArviZ data needs a netCDF backend: pip install h5netcdf h5py "
-        "(dependencies of reparam_bridge), or netCDF4."
-    )
-
-
-def to_netcdf(idata: Any, path: str | os.PathLike) -> str:
-    """Write ``idata`` (either kind) to the netCDF file ``path``; returns ``path``."""
-    path = os.fspath(path)
-    idata.to_netcdf(path, engine=netcdf_engine())
-    return path
-
-
-def from_netcdf(path: str | os.PathLike):
-    """Read what :func:`to_netcdf` wrote, fully into memory (the file is closed again)."""
-    az = import_arviz()
-    idata = az.from_netcdf(os.fspath(path), engine=netcdf_engine())
-    if hasattr(idata, "children"):  # DataTree opens lazily: load, then release the file
-        idata = idata.load()
-        idata.close()
-    return idata
 
 
 def from_numpyro(mcmc: Any, *, log_likelihood: bool = True, coords: Mapping | None = None, dims: Mapping | None = None):

@@ -14,10 +14,10 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
-from ._arviz import psislw
 from ._checks import preflight
 from ._density import check_bijective, partition
 from ._fit import map_estimate
+from ._psis import psislw
 from ._sharded import auto_axes
 from ._util import neg_log_density_hessian
 

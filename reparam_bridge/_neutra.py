@@ -152,7 +152,7 @@ def neutra(
         (3,)
         >>> post = rb.sample(pre, funnel, key=jax.random.key(1), num_warmup=100, num_samples=100,
         ...                  num_chains=1, progress_bar=False)
-        >>> post.draws["x"].shape, sorted(rb._arviz.draws_to_dict(pre, post.draws))
+        >>> post.draws["x"].shape, sorted(rb.arviz.draws_to_dict(pre, post.draws))
         ((1, 100, 2), ['v', 'x'])
     """
     if key is None or not isinstance(key, jax.Array):

@@ -29,10 +29,10 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._approx import Approximation
-from ._arviz import psislw
 from ._density import check_bijective
 from ._diagnose import check_model
 from ._posterior import _logdensity_fn
+from ._psis import psislw
 from ._sharded import auto_axes
 from ._util import coordinate_names
 

@@ -202,12 +202,12 @@ def read_json(path: str, what: str) -> Any:
 def save_posterior(post: Any, directory: str) -> None:
     import equinox as eqx
 
-    from . import _arviz
+    from ._netcdf import to_netcdf
 
     idata = post.to_inference_data()
 
     def build(tmp):
-        _arviz.to_netcdf(idata, os.path.join(tmp, "posterior.nc"))
+        to_netcdf(idata, os.path.join(tmp, "posterior.nc"))
         eqx.tree_serialise_leaves(os.path.join(tmp, "unconstrained.eqx"), post._samples)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(
@@ -221,6 +221,7 @@ def load_posterior(cls: type, directory: str, model: PyTree, static: PyTree, lik
     import equinox as eqx
 
     from . import _arviz
+    from ._netcdf import from_netcdf
 
     what = "Posterior.load"
     meta = read_json(os.path.join(directory, "meta.json"), what)
@@ -228,7 +229,7 @@ def load_posterior(cls: type, directory: str, model: PyTree, static: PyTree, lik
         check_model(meta["signature"], model, directory, what)
     shaped = like(meta["num_draws"], meta["num_chains"])
     samples = read(os.path.join(directory, "unconstrained.eqx"), lambda p: eqx.tree_deserialise_leaves(p, shaped), what)
-    idata = read(os.path.join(directory, "posterior.nc"), _arviz.from_netcdf, what)
+    idata = read(os.path.join(directory, "posterior.nc"), from_netcdf, what)
     stats, loglik = (_arviz.group(idata, g) for g in ("sample_stats", "log_likelihood"))
     stats = {k: np.asarray(v) for k, v in stats.data_vars.items()} if stats is not None else {}
     loglik = {k: np.asarray(v) for k, v in loglik.data_vars.items()} if loglik is not None else None

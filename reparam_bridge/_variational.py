@@ -197,7 +197,7 @@ def build_result(
     names: tuple[str, ...],
 ) -> VariationalResult:
     """Moments and PSIS diagnostics of a fitted guide."""
-    from ._arviz import psislw
+    from ._psis import psislw
 
     k_mom, k_psis = jax.random.split(key)
     mean, cov = guide.moments(k_mom)

@@ -30,7 +30,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz
+from reparam_bridge import arviz as rbaz
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "arviz_golden.json")
 Y = jnp.array([0.9, 1.4, 0.2, 1.1, 0.7, 1.6, 0.4, 1.0])
@@ -70,7 +70,7 @@ def nuts_run():
 
 
 def posterior_arrays(idata) -> dict[str, np.ndarray]:
-    return {str(k): np.asarray(v) for k, v in _arviz.group(idata, "posterior").data_vars.items()}
+    return {str(k): np.asarray(v) for k, v in rbaz.group(idata, "posterior").data_vars.items()}
 
 
 def table(df) -> dict[str, dict[str, float]]:
@@ -97,7 +97,7 @@ def golden():
 
 def test_summary_of_the_same_draws_is_the_same_on_every_arviz(golden):
     draws = {k: np.asarray(v, dtype=np.float32) for k, v in golden["laplace"]["draws"].items()}
-    got = table(_arviz.summary(_arviz.to_inference_data(draws)))
+    got = table(rbaz.summary(rbaz.to_inference_data(draws)))
     assert_tables_close(got, golden["summary_of_golden_draws"], rtol=1e-9, atol=1e-12)
 
 
@@ -108,9 +108,9 @@ def test_same_seed_same_laplace_draws_summary_and_khat(golden):
     for name, value in want["draws"].items():
         np.testing.assert_allclose(draws[name], np.asarray(value, np.float32), rtol=1e-5, atol=1e-6, err_msg=name)
     # ESS/R-hat are smooth in the draws except through ranks, which ulp-level changes do not reorder here
-    assert_tables_close(table(_arviz.summary(idata)), want["summary"], rtol=1e-4, atol=1e-5)
+    assert_tables_close(table(rbaz.summary(idata)), want["summary"], rtol=1e-4, atol=1e-5)
     assert approx.khat == pytest.approx(want["khat"], abs=1e-3)
-    assert _arviz.attrs(idata)["pareto_khat"] == pytest.approx(approx.khat)  # kept by ArviZ 1.x too
+    assert rbaz.attrs(idata)["pareto_khat"] == pytest.approx(approx.khat)  # kept by ArviZ 1.x too
 
 
 def test_same_seed_same_nuts_draws(golden, nuts_post):
@@ -124,12 +124,12 @@ def test_same_seed_same_nuts_draws(golden, nuts_post):
         pytest.skip(f"no golden NUTS draws for JAX {jax.__version__} (have {sorted(golden['nuts'])})")
     for name, value in want["draws"].items():
         np.testing.assert_array_equal(a[name], np.asarray(value, np.float32), err_msg=name)
-    assert_tables_close(table(_arviz.summary(post.to_inference_data())), want["summary"], rtol=1e-9, atol=1e-12)
+    assert_tables_close(table(rbaz.summary(post.to_inference_data())), want["summary"], rtol=1e-9, atol=1e-12)
 
 
 def test_psislw_same_numbers_as_arviz_0x(golden):
     log_ratios = np.random.default_rng(0).normal(size=1000) * 0.5
-    lw, khat = _arviz.psislw(log_ratios)
+    lw, khat = rbaz.psislw(log_ratios)
     assert khat == pytest.approx(golden["psis"]["khat"], abs=1e-12)
     np.testing.assert_allclose(lw[:20], golden["psis"]["log_weights_head"], rtol=1e-12)
     assert np.exp(lw).sum() == pytest.approx(1.0)
@@ -140,16 +140,16 @@ def test_provenance_attrs_and_groups(nuts_post):
     idata = post.to_inference_data()
     import numpyro
 
-    attrs = _arviz.attrs(idata)
+    attrs = rbaz.attrs(idata)
     assert attrs["inference_library"] == "numpyro"
     assert attrs["inference_library_version"] == numpyro.__version__
     assert attrs["creation_library"] == "reparam_bridge"
-    assert attrs["arviz_version"] == _arviz.import_arviz().__version__
-    assert set(_arviz.groups(idata)) == {"posterior", "unconstrained_posterior", "sample_stats"}
-    unc = _arviz.group(idata, "unconstrained_posterior")
+    assert attrs["arviz_version"] == rbaz.import_arviz().__version__
+    assert set(rbaz.groups(idata)) == {"posterior", "unconstrained_posterior", "sample_stats"}
+    unc = rbaz.group(idata, "unconstrained_posterior")
     assert set(unc.data_vars) == {"mu.unconstrained", "sigma.unconstrained", "theta.unconstrained"}
     np.testing.assert_allclose(np.exp(unc["sigma.unconstrained"].values), post.draws["sigma"], rtol=1e-6)
-    stats = _arviz.group(idata, "sample_stats")
+    stats = rbaz.group(idata, "sample_stats")
     np.testing.assert_array_equal(stats["reached_max_treedepth"].values, post.sample_stats["tree_depth"] >= 10)
 
 
@@ -197,20 +197,20 @@ def test_coords_and_dims_as_in_from_numpyro(tmp_path):
         dims=dims,
     )
     idata = post.to_inference_data()
-    theta = _arviz.group(idata, "posterior")["theta"]
+    theta = rbaz.group(idata, "posterior")["theta"]
     assert theta.dims == ("chain", "draw", "arm") and list(theta["arm"].values) == ["left", "right"]
-    assert _arviz.group(idata, "unconstrained_posterior")["theta.unconstrained"].dims == ("chain", "draw", "arm")
-    assert _arviz.group(idata, "log_likelihood")["obs"].dims == ("chain", "draw", "obs_id")
-    assert "theta[left]" in _arviz.summary(idata).index
-    assert _arviz.loo(idata).n_data_points == 4
+    assert rbaz.group(idata, "unconstrained_posterior")["theta.unconstrained"].dims == ("chain", "draw", "arm")
+    assert rbaz.group(idata, "log_likelihood")["obs"].dims == ("chain", "draw", "obs_id")
+    assert "theta[left]" in rbaz.summary(idata).index
+    assert rbaz.loo(idata).n_data_points == 4
     # to_inference_data(coords=, dims=) overrides what rb.sample was given
     other = post.to_inference_data(dims={"theta": ["side"]}, coords={"side": [1, 2]})
-    assert _arviz.group(other, "posterior")["theta"].dims == ("chain", "draw", "side")
+    assert rbaz.group(other, "posterior")["theta"].dims == ("chain", "draw", "side")
     # they survive save/load
     post.save(tmp_path / "run")
     loaded = rb.Posterior.load(tmp_path / "run", m)
-    assert _arviz.group(loaded.to_inference_data(), "posterior")["theta"].dims == ("chain", "draw", "arm")
-    assert _arviz.attrs(_arviz.from_netcdf(tmp_path / "run" / "posterior.nc"))["inference_library"] == "numpyro"
+    assert rbaz.group(loaded.to_inference_data(), "posterior")["theta"].dims == ("chain", "draw", "arm")
+    assert rbaz.attrs(rbaz.from_netcdf(tmp_path / "run" / "posterior.nc"))["inference_library"] == "numpyro"
     # bad input names the variable and what is wrong
     with pytest.raises(ValueError, match="no variable 'thetta'"):
         post.to_inference_data(dims={"thetta": ["arm"]})
@@ -254,21 +254,21 @@ def _write_golden() -> None:
     nuts = dict(old.get("nuts", {}))
     nuts[jax.__version__] = {
         "draws": {k: v.tolist() for k, v in posterior_arrays(post.to_inference_data()).items()},
-        "summary": table(_arviz.summary(post.to_inference_data())),
+        "summary": table(rbaz.summary(post.to_inference_data())),
     }
-    lw, khat = _arviz.psislw(np.random.default_rng(0).normal(size=1000) * 0.5)
+    lw, khat = rbaz.psislw(np.random.default_rng(0).normal(size=1000) * 0.5)
     out = {
         "written_with": {
             "python": sys.version.split()[0],
             "jax": jax.__version__,
-            "arviz": _arviz.import_arviz().__version__,
+            "arviz": rbaz.import_arviz().__version__,
         },
         "laplace": {
             "draws": {k: v.tolist() for k, v in stored.items()},
-            "summary": table(_arviz.summary(idata)),
+            "summary": table(rbaz.summary(idata)),
             "khat": approx.khat,
         },
-        "summary_of_golden_draws": table(_arviz.summary(_arviz.to_inference_data(stored))),
+        "summary_of_golden_draws": table(rbaz.summary(rbaz.to_inference_data(stored))),
         "psis": {"khat": khat, "log_weights_head": lw[:20].tolist()},
         "nuts": nuts,
     }

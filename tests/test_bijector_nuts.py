@@ -27,7 +27,7 @@ from numpyro.distributions import constraints as C
 from numpyro.infer import MCMC, NUTS
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
+from reparam_bridge import arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
+from reparam_bridge import arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
 DATA = (
     pathlib.Path(__file__).resolve().parents[2]

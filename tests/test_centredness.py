@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._arviz import mcse
+from reparam_bridge.arviz import mcse
 
 TAU, SIGMA, S_MU = 0.3, 1.0, 5.0  # known scales: the posterior is Gaussian and exact
 N = np.array([1] * 4 + [100] * 4, dtype=np.float32)  # observations per group

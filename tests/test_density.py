@@ -257,7 +257,7 @@ def test_distributions_on_a_module_are_not_posterior_variables():
     import numpyro.distributions as dist
 
     import reparam_bridge as rb
-    from reparam_bridge._arviz import random_nodes
+    from reparam_bridge.arviz import random_nodes
 
     class M(eqx.Module):
         p: dist.Distribution

@@ -13,7 +13,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import reparam_bridge as rb
-from reparam_bridge._arviz import mcse
+from reparam_bridge.arviz import mcse
 
 flowjax = pytest.importorskip("flowjax")
 from flowjax.distributions import Normal  # noqa: E402
@@ -105,7 +105,7 @@ def test_neutra_draws_come_back_in_the_users_type_and_names():
         progress_bar=False,
     )
     assert isinstance(post.draws, Schools) and post.draws.theta.shape == (2, 30, 8)
-    assert sorted(rb._arviz.group(post.to_inference_data(), "posterior").data_vars) == ["mu", "tau", "theta"]
+    assert sorted(rb.arviz.group(post.to_inference_data(), "posterior").data_vars) == ["mu", "tau", "theta"]
     assert bool(jnp.all(post.draws.tau > 0))
     assert isinstance(pre.wrapped(), Schools)
 

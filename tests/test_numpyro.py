@@ -20,7 +20,7 @@ from numpyro.infer.autoguide import AutoDelta, AutoNormal
 from numpyro.infer.util import log_density
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
+from reparam_bridge import arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
 # -- a GP regression: positive kernel hyperparameters, a small linear mean function --------
 

@@ -14,7 +14,7 @@ from numpyro.infer import HMC, NUTS
 from scipy import stats
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
+from reparam_bridge import arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
 STATS = ("diverging", "n_steps", "tree_depth", "energy", "step_size", "acceptance_rate", "lp")
 X = jnp.linspace(-1.0, 1.0, 12)

@@ -52,7 +52,7 @@ def test_meanfield_matches_the_kl_optimal_diagonal():
     assert np.asarray(q.covariance)[0, 1] == 0.0
     draws = q.sample(jax.random.key(2), 50, num_chains=3)
     assert draws["x"].shape == (3, 50, 2)
-    assert set(rb._arviz.draws_to_dict(q.mean, draws)) == {"x"}
+    assert set(rb.arviz.draws_to_dict(q.mean, draws)) == {"x"}
 
 
 def test_sticking_the_landing_gradient_vanishes_at_the_posterior():
@@ -92,7 +92,7 @@ def test_positive_parameter_and_warm_start():
     inits = q.initial_params(jax.random.key(5), 2)
     assert inits["s"].unconstrained.shape == (2,)
     idata = q.to_inference_data(jax.random.key(6), num_draws=20)
-    assert sorted(rb._arviz.group(idata, "posterior").data_vars) == ["mu", "s"]
+    assert sorted(rb.arviz.group(idata, "posterior").data_vars) == ["mu", "s"]
 
 
 def test_bad_input():

@@ -11,12 +11,12 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._arviz import import_arviz
 from reparam_bridge._warmstart import (
     SEEDED_NUM_WARMUP,
     GoodApproximationWarning,
     seeded_step_size,
 )
+from reparam_bridge.arviz import import_arviz
 
 az = import_arviz()
 

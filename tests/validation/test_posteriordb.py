@@ -18,7 +18,7 @@ import pytest
 from jaxtyping import Array
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
+from reparam_bridge import arviz as az  # the ArviZ 0.2x/1.x adapter: same calls, same numbers
 
 from .posteriordb_models import CASES, load, posteriordb_dir, posteriors_with_reference, reference_draws
 

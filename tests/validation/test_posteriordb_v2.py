@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge import _arviz as az  # the ArviZ 0.2x/1.x adapter
+from reparam_bridge import arviz as az  # the ArviZ 0.2x/1.x adapter
 
 from .posteriordb_models import reference_draws
 from .posteriordb_v2_models import CASES_V2, load_v2, posteriordb_v2_dir, wrappers_used
