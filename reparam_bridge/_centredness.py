@@ -18,6 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._bijectors.locscale import LocScale, reparameterize
 from ._density import log_density, partition
 from ._guides import make_guide
+from ._sharded import auto_axes
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names
 from ._variational import _default_optimizer, build_result, fit_elbo, flat_log_density
@@ -134,6 +135,7 @@ def learn_centredness(
     start = model
     for g, shape in zip(getters, shapes):
         start = reparameterize(start, g, centered=jnp.full(shape, init_centered, dtype))
+    args = auto_axes(args)
     flat, unravel, static, _ = flat_log_density(log_joint, start, args, what)
 
     def log_p(z, logits):

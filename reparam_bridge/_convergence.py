@@ -64,7 +64,9 @@ def runaway_leaves(start: PyTree, end: PyTree) -> list[tuple[str, float, float]]
     """``(path, start size, end size)`` of the free arrays that moved by more than
     ``_RUNAWAY`` times ``1 + `` their starting size (largest first)."""
     out = []
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(start)[0], jax.tree_util.tree_leaves(end)):
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(start)[0]]
+    starts, ends = jax.device_get((jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)))  # one transfer
+    for path, a, b in zip(paths, starts, ends):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         size0 = float(np.max(np.abs(a))) if a.size else 0.0
         moved = float(np.max(np.abs(b - a))) if a.size else 0.0

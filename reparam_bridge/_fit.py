@@ -28,7 +28,6 @@ from ._density import check_bijective, partition
 from ._fitloop import (
     SECONDS_PER_STEP,
     Loop,
-    OptimizerBox,
     Plan,
     batch_size_of,
     diagnose,
@@ -98,11 +97,15 @@ def _fit(
     tol=None,
     rtol=None,
     warn=None,
+    checked=None,
 ) -> FitResult:
+    # checked: (contains_constraints(model),) when the caller has run the pre-flight checks
     steps = _checks.check_int("steps", steps, what, minimum=0)
-    args = auto_axes(args)
+    model, args = auto_axes((model, args))
     tolerance = Tolerance.of(tol, rtol, what)
-    _checks.preflight(model, what, density=what.startswith("map_estimate"))
+    if checked is None:
+        _checks.preflight(model, what, density=what.startswith("map_estimate"))
+    constrained = contains_constraints(model) if checked is None else checked[0]
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"{what}: optimizer must be an optax transformation (optax.adam(1e-2)), got {optimizer!r}.")
     if key is not None:
@@ -122,15 +125,15 @@ def _fit(
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"{what}: chunk_size must be >= 1, got {chunk_size}.")
     steps = int(steps)
-    loop = Loop(objective, optimizer, batch_size, n_data, contains_constraints(model))
+    loop = Loop(objective, optimizer, batch_size, n_data, constrained)
     if opt_state is None:
-        opt_state = init_state(OptimizerBox(optimizer), params)
-    losses = jnp.zeros((steps,), jnp.result_type(float))
+        opt_state = init_state(optimizer, params)
+    losses = np.zeros((steps,), jnp.result_type(float))  # a host buffer: no dispatch to make it
     timing_key = (loop, jax.tree_util.tree_structure(params), steps)
     # with a tolerance, chunk ends are where the loop may stop early
     plan = Plan(steps, chunk_size, progress_bar or tolerance.active, SECONDS_PER_STEP.get(timing_key))
 
-    start_params, final_gnorm = params, float("nan")
+    start_params, final_gnorm, host_norms, host_losses = params, float("nan"), None, losses
     bar = None
     if progress_bar and steps:
         from tqdm.auto import tqdm
@@ -142,7 +145,7 @@ def _fit(
             stop = plan.next_stop(start)
             t0 = time.perf_counter()
             try:
-                new_params, new_opt_state, new_losses, first_bad, final_gnorm = run_chunk(
+                new_params, new_opt_state, new_losses, first_bad, final_gnorm, leaf_norms = run_chunk(
                     loop, static, params, opt_state, losses, np.int32(start), np.int32(stop), key, args
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
@@ -152,6 +155,10 @@ def _fit(
                         "reduce it, e.g. with .sum() or .mean()."
                     ) from e
                 raise
+            # one transfer for everything the host needs (each separate read is a sync)
+            first_bad, final_gnorm, host_norms, host_losses = jax.device_get(
+                (first_bad, final_gnorm, leaf_norms, new_losses)
+            )
             first_bad = int(first_bad)
             if first_bad >= 0:
                 raise ValueError(
@@ -161,27 +168,30 @@ def _fit(
             params, opt_state, losses = new_params, new_opt_state, new_losses
             if bar is not None:
                 bar.update(stop - start)
-                bar.set_postfix(loss=f"{float(losses[stop - 1]):.6g}", refresh=False)
+                bar.set_postfix(loss=f"{float(host_losses[stop - 1]):.6g}", refresh=False)
             start = stop
             final_gnorm = float(final_gnorm)
-            if tolerance.active and tolerance.met(losses[:stop], final_gnorm):
+            if tolerance.active and tolerance.met(host_losses[:stop], final_gnorm):
                 break
     finally:
         if bar is not None:
             bar.close()
     if plan.per_step is not None:
         SECONDS_PER_STEP[timing_key] = plan.per_step
-    losses = losses[:start] if start < steps else losses  # stopped early: the steps run
+    done = host_losses[:start]  # stopped early: the steps run
+    losses = jnp.asarray(losses if start == steps else done)
     warn = tolerance.active if warn is None else warn
 
-    def grads_at_end():  # on the warning path only: per-parameter gradients for the message
-        batch = get_batch(args, key, jnp.asarray(start), loop.batch_size, loop.n_data)
+    def grads_at_end():  # on the warning path only: per-parameter gradient norms for the message
+        if host_norms is not None:  # computed by the compiled loop (an eager jax.grad here cost ~40 ms)
+            return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), list(host_norms))
+        batch = get_batch(args, key, jnp.asarray(start), loop.batch_size, loop.n_data)  # steps=0
         return jax.grad(loop.value_fn)(params, static, batch)
 
     converged = report(
         what,
         tolerance,
-        losses,
+        done,
         final_gnorm,
         start_params,
         params,
@@ -325,14 +335,15 @@ def map_estimate(
     _checks.preflight(model, "map_estimate", density=True)
     if jacobian:
         check_bijective(model, "map_estimate(..., jacobian=True)")
-    if optimizer is None and fit_kwargs.get("batch_size") is None and not contains_constraints(model):
+    constrained = contains_constraints(model)
+    if optimizer is None and fit_kwargs.get("batch_size") is None and not constrained:
         optimizer = _default_lbfgs()
         steps = 100 if steps is None else steps
     steps = 1000 if steps is None else steps
     _checks.eval_density(log_joint, model, args, "map_estimate")
     # A MAP is only useful at an optimum: judged by default, and a warning if not reached.
     # (Not with Constraints: a projected optimum at a bound has a non-zero gradient.)
-    judged = fit_kwargs.get("rtol") is None and not contains_constraints(model)
+    judged = fit_kwargs.get("rtol") is None and not constrained
     fit_kwargs.setdefault("tol", _MAP_TOL if judged else None)
     return _fit(
         NegLogDensity(log_joint, jacobian),
@@ -341,6 +352,7 @@ def map_estimate(
         optimizer=optimizer,
         steps=steps,
         what="map_estimate",
+        checked=(constrained,),
         **{**_FIT_DEFAULTS, **fit_kwargs},
     )
 

@@ -97,7 +97,7 @@ def laplace(
     """
     preflight(model, "laplace", density=True)
     check_bijective(model, "laplace")
-    args = auto_axes(args)
+    model, args = auto_axes((model, args))
     if optimize:
         model = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
     elif map_kwargs:

@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._constraint import apply, contains_constraints
 from ._density import check_bijective, partition
+from ._sharded import auto_axes
 from ._tree import unwrap
 from ._util import NegLogDensity
 
@@ -162,6 +163,7 @@ def _ensemble(objective, model, args, key, num_starts, init_radius, optimizer, s
         raise ValueError(f"{what}: num_starts must be a positive integer, got {num_starts!r}.")
     if key is None or not isinstance(key, jax.Array):
         raise TypeError(f"{what} needs key=jax.random.key(...) to perturb the starts.")
+    model, args = auto_axes((model, args))
     params, _ = partition(model)
     if not jax.tree_util.tree_leaves(params):
         raise ValueError(f"{what}: the model has no free arrays to optimise.")

@@ -139,7 +139,7 @@ def pathfinder(
     ):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"pathfinder: {name} must be a positive integer, got {value!r}.")
-    args = auto_axes(args)
+    model, args = auto_axes((model, args))
     params, static = check_model(model, log_joint, args, "pathfinder")
     bjp = _import_blackjax()
     flat, unravel = ravel_pytree(params)

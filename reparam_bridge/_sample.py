@@ -129,7 +129,7 @@ def sample(
         ((2, 200), (2, 200))
     """
     _check_key(key)
-    args = auto_axes(args)
+    model, args = auto_axes((model, args))
     _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
     every = _checks.check_checkpoint_args(checkpoint, checkpoint_every, num_samples, thinning)
     _checks.check_kernel_kwargs({"nuts": NUTS, "hmc": HMC}.get(str(kernel).lower(), kernel), kernel_kwargs, "rb.sample")

@@ -18,6 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._approx import Approximation
 from ._density import check_bijective, log_density, partition
 from ._guides import Flow, make_guide, trainable_partition
+from ._sharded import auto_axes
 from ._util import coordinate_names
 
 
@@ -25,6 +26,7 @@ def flat_log_density(log_joint: Callable, model: PyTree, args: tuple, what: str)
     """``(flat, unravel, static, log_p)``: the model's free arrays flattened, and ``log_p(z)``
     the unconstrained log-density (``jacobian=True``) at flat coordinates ``z``."""
     check_bijective(model, what)
+    model, args = auto_axes((model, args))
     params, static = partition(model)
     if not jax.tree_util.tree_leaves(params):
         raise ValueError(f"{what}: the model has no free arrays (every array is frozen, static or not a float).")

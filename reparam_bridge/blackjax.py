@@ -27,6 +27,7 @@ from jaxtyping import Array, ArrayLike, PyTree
 
 from ._diagnose import check_model
 from ._posterior import Posterior, _logdensity_fn
+from ._sharded import auto_axes
 from ._util import tree_depth
 
 __all__ = ["logdensity", "posterior"]
@@ -48,6 +49,7 @@ def logdensity(model: PyTree, log_joint: Callable[..., Any], *args: Any) -> tupl
         >>> warmup = blackjax.window_adaptation(blackjax.nuts, fn)  # doctest: +SKIP
         >>> (state, params), _ = warmup.run(key, pos, num_steps=500)  # doctest: +SKIP
     """
+    model, args = auto_axes((model, args))
     params, static = check_model(model, log_joint, args, "rb.blackjax.logdensity")
     return _logdensity_fn(log_joint, static, args), params
 
