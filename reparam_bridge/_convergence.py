@@ -60,18 +60,34 @@ class Tolerance(NamedTuple):
         return self.tol is not None and bool(np.isfinite(final_gnorm)) and final_gnorm <= self.tol * scale
 
 
-def runaway_leaves(start: PyTree, end: PyTree) -> list[tuple[str, float, float]]:
+class Movement(NamedTuple):
+    """How far each free leaf went in a run: its key path, and per leaf ``max |start|``,
+    ``max |end - start|`` and ``max |end|`` (rows of ``extents``)."""
+
+    paths: list
+    extents: np.ndarray  # (3, leaves)
+
+    @classmethod
+    def of(cls, start: PyTree, end: PyTree, extents: Any = None) -> "Movement":
+        """From the compiled loop's ``extents``, or (no step ran) measured here."""
+        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(start)[0]]
+        if extents is None:
+            a, b = jax.device_get((jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)))
+            a, b = [np.asarray(x, np.float64) for x in a], [np.asarray(x, np.float64) for x in b]
+            extents = [[np.max(np.abs(x), initial=0.0) for x in xs] for xs in (a, [y - x for x, y in zip(a, b)], b)]
+        return cls(paths, np.asarray(extents, np.float64).reshape(3, len(paths)))
+
+    def moved(self, path: str) -> float:
+        return next(float(m) for p, m in zip(self.paths, self.extents[1]) if path_to_str(p) == path)
+
+
+def runaway_leaves(movement: Movement) -> list[tuple[str, float, float]]:
     """``(path, start size, end size)`` of the free arrays that moved by more than
     ``_RUNAWAY`` times ``1 + `` their starting size (largest first)."""
     out = []
-    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(start)[0]]
-    starts, ends = jax.device_get((jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)))  # one transfer
-    for path, a, b in zip(paths, starts, ends):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        size0 = float(np.max(np.abs(a))) if a.size else 0.0
-        moved = float(np.max(np.abs(b - a))) if a.size else 0.0
+    for path, size0, moved, size in zip(movement.paths, *movement.extents):
         if np.isfinite(moved) and moved > _RUNAWAY * (1.0 + size0):
-            out.append((path_to_str(path), size0, float(np.max(np.abs(b)))))
+            out.append((path_to_str(path), float(size0), float(size)))
     return sorted(out, key=lambda t: -t[2])
 
 
@@ -85,8 +101,7 @@ def report(
     tolerance: Tolerance,
     losses,
     final_gnorm: float,
-    start: PyTree,
-    end: PyTree,
+    movement: Movement,
     grads_at_end: Callable[[], PyTree],
     *,
     warn: bool,
@@ -98,7 +113,7 @@ def report(
     parameter went far); return ``converged`` (``None`` if not judged)."""
     losses = np.asarray(losses, dtype=np.float64).ravel()
     # Checked first: on a runaway the loss is huge, so a relative tolerance looks met.
-    runaway = runaway_leaves(start, end)
+    runaway = runaway_leaves(movement)
     if runaway and len(losses) >= 2 and losses[-1] < losses[0]:
         path, size0, size = runaway[0]
         raise ValueError(
@@ -120,9 +135,7 @@ def report(
     where, degenerate = "", False
     if grads:
         path, g = max(grads, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
-        a = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(start)[0] if path_to_str(p) == path)
-        b = next(np.asarray(x) for (p, x) in jax.tree_util.tree_flatten_with_path(end)[0] if path_to_str(p) == path)
-        moved = float(np.max(np.abs(b - a))) if a.size else 0.0
+        moved = movement.moved(path)
         if _stalled(losses) and moved > 20.0:
             degenerate = True
             where = (

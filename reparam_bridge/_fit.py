@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import _checks
 from ._constraint import contains_constraints
-from ._convergence import Tolerance, report
+from ._convergence import Movement, Tolerance, report
 from ._density import check_bijective, partition
 from ._fitloop import (
     SECONDS_PER_STEP,
@@ -133,7 +133,7 @@ def _fit(
     # with a tolerance, chunk ends are where the loop may stop early
     plan = Plan(steps, chunk_size, progress_bar or tolerance.active, SECONDS_PER_STEP.get(timing_key))
 
-    start_params, final_gnorm, host_norms, host_losses = params, float("nan"), None, losses
+    start_params, final_gnorm, host_norms, host_losses, host_moves = params, float("nan"), None, losses, None
     bar = None
     if progress_bar and steps:
         from tqdm.auto import tqdm
@@ -145,8 +145,8 @@ def _fit(
             stop = plan.next_stop(start)
             t0 = time.perf_counter()
             try:
-                new_params, new_opt_state, new_losses, first_bad, final_gnorm, leaf_norms = run_chunk(
-                    loop, static, params, opt_state, losses, np.int32(start), np.int32(stop), key, args
+                new_params, new_opt_state, new_losses, first_bad, final_gnorm, leaf_norms, extents = run_chunk(
+                    loop, static, params, opt_state, losses, np.int32(start), np.int32(stop), key, args, start_params
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
                 if "scalar" in str(e):
@@ -156,8 +156,8 @@ def _fit(
                     ) from e
                 raise
             # one transfer for everything the host needs (each separate read is a sync)
-            first_bad, final_gnorm, host_norms, host_losses = jax.device_get(
-                (first_bad, final_gnorm, leaf_norms, new_losses)
+            first_bad, final_gnorm, host_norms, host_losses, host_moves = jax.device_get(
+                (first_bad, final_gnorm, leaf_norms, new_losses, extents)
             )
             first_bad = int(first_bad)
             if first_bad >= 0:
@@ -193,8 +193,7 @@ def _fit(
         tolerance,
         done,
         final_gnorm,
-        start_params,
-        params,
+        Movement.of(start_params, params, host_moves),
         grads_at_end,
         warn=warn and batch_size is None,
         steps=steps,

@@ -89,7 +89,7 @@ class Loop(NamedTuple):
 
 
 @eqx.filter_jit
-def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, args):
+def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, args, origin):
     """Steps ``start`` to ``stop - 1`` (both traced), their losses written into ``losses``.
 
     The carry is the state alone: per-step bookkeeping in it (selecting the old state after
@@ -98,7 +98,10 @@ def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, a
     gradient makes the next parameters non-finite with every optax optimiser that does not
     filter NaNs); :func:`diagnose` replays to say which. Returns ``first_bad``: that step,
     ``stop`` if only the final parameters are bad, or -1; and the gradient's norm at the
-    returned point, overall and per leaf of ``params``."""
+    returned point, overall and per leaf of ``params``; and ``extents``, per leaf
+    ``max |origin|``, ``max |params - origin|`` and ``max |params|`` (``origin``: the
+    parameters the run started from), from which the host tells a parameter running away
+    without reading the parameters back."""
 
     def body(i, carry):
         params, opt_state, losses, grad_bad, _ = carry
@@ -134,7 +137,15 @@ def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, a
         ).astype(start.dtype)
     )
     first_bad = jnp.where(first_bad == never, -1, first_bad)
-    return params, opt_state, losses, first_bad, final_gnorm, leaf_norms
+
+    def leaf_max(tree):
+        return jnp.stack(
+            [jnp.max(jnp.abs(x), initial=0.0).astype(losses.dtype) for x in jax.tree_util.tree_leaves(tree)]
+        )
+
+    moved = jax.tree_util.tree_map(jnp.subtract, params, origin)
+    extents = jnp.stack([leaf_max(origin), leaf_max(moved), leaf_max(params)])
+    return params, opt_state, losses, first_bad, final_gnorm, leaf_norms, extents
 
 
 _INIT: dict = {}
@@ -167,7 +178,7 @@ def diagnose(loop: Loop, static, params, opt_state, losses, start: int, bad: int
     loop, stopped earlier) and look at its gradient."""
     prev = bad - 1
     if prev >= start:
-        at, *_ = run_chunk(loop, static, params, opt_state, losses, np.int32(start), np.int32(prev), key, args)
+        at, *_ = run_chunk(loop, static, params, opt_state, losses, np.int32(start), np.int32(prev), key, args, params)
         batch = get_batch(args, key, jnp.asarray(prev), loop.batch_size, loop.n_data)
         value, grads = jax.value_and_grad(loop.value_fn)(at, static, batch)
         paths = [
