@@ -162,7 +162,10 @@ def test_neutra_on_neals_funnel():
 @pytest.mark.xfail(
     run=False,
     reason="target not met yet (issue 13): measured 2.0x plain NUTS's min ESS per gradient "
-    "(0.0124 vs 0.0063) with 2% divergent, against >= 5x and <= 0.5%; the default flow needs work here",
+    "(0.0124 vs 0.0063) with 2% divergent, against >= 5x and <= 0.5%. 8 coupling layers reach 6-25x "
+    "on some seeds but 0.05-0.4x on others, and every run has 1-2% divergent transitions, all at "
+    "tau < 0.35 (the flow under-covers the funnel's neck); target_accept 0.95 or a tempered fit does "
+    "not remove them",
 )
 def test_neutra_on_centred_eight_schools():
     model = centred_schools()
