@@ -42,3 +42,28 @@ from ._netcdf import to_netcdf as to_netcdf
 from ._psis import Loo as Loo
 from ._psis import loo as loo
 from ._psis import psislw as psislw
+
+__all__ = [
+    "SAMPLE_DIMS",
+    "Loo",
+    "arviz_major",
+    "attrs",
+    "coords_and_dims",
+    "draws_to_dict",
+    "ess",
+    "from_netcdf",
+    "from_numpyro",
+    "group",
+    "groups",
+    "import_arviz",
+    "loo",
+    "mcse",
+    "netcdf_engine",
+    "provenance",
+    "psislw",
+    "random_nodes",
+    "rhat",
+    "summary",
+    "to_inference_data",
+    "to_netcdf",
+]
