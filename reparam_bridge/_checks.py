@@ -281,14 +281,15 @@ _CHECKED_DENSITIES: dict = {}
 
 
 def _signature(fn: Callable, model: PyTree, args: tuple) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten((model, args))
-    sig = tuple(
-        (np.shape(x), np.result_type(x), getattr(x, "weak_type", False)) if eqx.is_array(x) else x for x in leaves
-    )
-    key = (fn, treedef, sig)
     try:
+        leaves, treedef = jax.tree_util.tree_flatten((model, args))
+        # arrays by shape and dtype (PRNG keys included); other leaves by type and value (1 == True)
+        sig = tuple(
+            (jnp.shape(x), x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else (type(x), x) for x in leaves
+        )
+        key = (fn, treedef, sig)
         hash(key)
-    except TypeError:  # an unhashable static field or argument: check every time
+    except Exception:  # e.g. an unhashable static field or argument: check every time
         return None
     return key
 
@@ -310,7 +311,7 @@ def eval_density(fn: Callable, model: PyTree, args: tuple, what: str, fn_name: s
         raise
     check_density_output(out, what, fn_name)
     if key is not None:
-        if len(_CHECKED_DENSITIES) > 256:  # a bound, for processes that make many models
+        if len(_CHECKED_DENSITIES) > 32:  # a bound: the keys hold log_joint and its closure (maybe data)
             _CHECKED_DENSITIES.clear()
         _CHECKED_DENSITIES[key] = True
 

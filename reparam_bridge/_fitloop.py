@@ -84,7 +84,9 @@ class Loop(NamedTuple):
             params = partition(apply(eqx.combine(params, static)))[0]
         # per-leaf squared norms (what optax.global_norm sums): at the end of a run they say
         # which parameter a non-converged fit is stuck on, without a second gradient pass
-        leaf_sq = jnp.stack([jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)])
+        leaf_sq = jnp.stack(
+            [jnp.sum(jnp.real(g * jnp.conj(g))) for g in jax.tree_util.tree_leaves(grads)]
+        )  # |g|², complex too
         return params, opt_state, value, leaf_sq
 
 

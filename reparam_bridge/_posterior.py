@@ -186,15 +186,14 @@ class Posterior:
         Example:
             >>> import jax, numpyro.distributions as dist
             >>> import reparam_bridge as rb
-            >>> from reparam_bridge import _arviz
             >>> model = {"theta": rb.Positive(jax.numpy.ones(2))}
             >>> post = rb.sample(model, lambda m: dist.Exponential(1.0).log_prob(m["theta"]).sum(),
             ...                  key=jax.random.key(0), num_warmup=50, num_samples=50, num_chains=1,
             ...                  progress_bar=False, coords={"arm": ["a", "b"]}, dims={"theta": ["arm"]})
             >>> idata = post.to_inference_data()
-            >>> _arviz.group(idata, "unconstrained_posterior")["theta.unconstrained"].dims
+            >>> rb.arviz.group(idata, "unconstrained_posterior")["theta.unconstrained"].dims
             ('chain', 'draw', 'arm')
-            >>> _arviz.attrs(idata)["inference_library"]
+            >>> rb.arviz.attrs(idata)["inference_library"]
             'numpyro'
         """
         unconstrained = {p: np.asarray(x) for p, x in leaves_with_paths(partition(self.unconstrained)[0])}

@@ -229,3 +229,31 @@ def test_fit_refuses_a_non_scalar_loss_with_a_clear_error():
     model = {"a": jnp.ones(3)}
     with pytest.raises(ValueError, match="loss must be a scalar"):
         rb.fit(model, lambda m: m["a"] ** 2, steps=5, progress_bar=False)
+
+
+def test_complex_parameters_report_the_gradient_norm():
+    # |g|² of a complex gradient (g² has a negative real part here and made the norm NaN)
+    def loss(m):
+        return jnp.abs(m["z"] - 3j) ** 2
+
+    res = rb.fit({"z": jnp.array(1 + 0j)}, loss, steps=5, optimizer=optax.sgd(0.01), progress_bar=False)
+    want = float(optax.global_norm(jax.grad(loss)(res.model)))
+    assert np.isfinite(res.grad_norm) and res.grad_norm == pytest.approx(want, rel=1e-5)
+
+
+def test_density_check_takes_prng_keys_and_tells_one_from_true():
+    y = jnp.array([0.1, -0.2, 0.3])
+
+    def log_joint(m, key, y):  # a typed PRNG key among the data
+        return dist.Normal(m["mu"] + 0.0 * jax.random.normal(key), 1.0).log_prob(y).sum()
+
+    for _ in range(2):  # the second call hits the signature cache
+        res = rb.map_estimate({"mu": rb.Real(0.0)}, log_joint, jax.random.key(0), y, progress_bar=False)
+        assert abs(float(rb.unwrap(res.model)["mu"]) - float(y.mean())) < 1e-3
+
+    def flagged(m, flag):  # a vector out for flag=True only: refused even after a call with 1
+        return jnp.ones(2) * m["mu"] if flag is True else -(m["mu"] ** 2)
+
+    rb.map_estimate({"mu": rb.Real(0.5)}, flagged, 1, progress_bar=False)
+    with pytest.raises(ValueError, match="scalar"):
+        rb.map_estimate({"mu": rb.Real(0.5)}, flagged, True, progress_bar=False)
