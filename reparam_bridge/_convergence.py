@@ -61,33 +61,36 @@ class Tolerance(NamedTuple):
 
 
 class Movement(NamedTuple):
-    """How far each free leaf went in a run: its key path, and per leaf ``max |start|``,
-    ``max |end - start|`` and ``max |end|`` (rows of ``extents``)."""
+    """How far each free leaf went in a run: its name (dotted path), and per leaf
+    ``max |start|``, ``max |end - start|`` and ``max |end|`` (rows of ``extents``)."""
 
-    paths: list
+    names: list[str]
     extents: np.ndarray  # (3, leaves)
 
     @classmethod
-    def of(cls, start: PyTree, end: PyTree, extents: Any = None) -> "Movement":
-        """From the compiled loop's ``extents``, or (no step ran) measured here."""
-        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(start)[0]]
-        if extents is None:
-            a, b = jax.device_get((jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)))
-            a, b = [np.asarray(x, np.float64) for x in a], [np.asarray(x, np.float64) for x in b]
-            extents = [[np.max(np.abs(x), initial=0.0) for x in xs] for xs in (a, [y - x for x, y in zip(a, b)], b)]
-        return cls(paths, np.asarray(extents, np.float64).reshape(3, len(paths)))
+    def of(cls, start: PyTree, end: PyTree) -> "Movement":
+        """Measured here (the compiled loop returns its own extents)."""
+        a, b = jax.device_get((jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)))
+        a, b = [np.asarray(x, np.float64) for x in a], [np.asarray(x, np.float64) for x in b]
+        extents = [[np.max(np.abs(x), initial=0.0) for x in xs] for xs in (a, [y - x for x, y in zip(a, b)], b)]
+        return cls(leaf_names(start), np.asarray(extents, np.float64).reshape(3, len(a)))
 
-    def moved(self, path: str) -> float:
-        return next(float(m) for p, m in zip(self.paths, self.extents[1]) if path_to_str(p) == path)
+    def moved(self, name: str) -> float:
+        return float(self.extents[1][self.names.index(name)])
+
+
+def leaf_names(tree: PyTree) -> list[str]:
+    """The dotted path of each leaf of ``tree``."""
+    return [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def runaway_leaves(movement: Movement) -> list[tuple[str, float, float]]:
     """``(path, start size, end size)`` of the free arrays that moved by more than
     ``_RUNAWAY`` times ``1 + `` their starting size (largest first)."""
     out = []
-    for path, size0, moved, size in zip(movement.paths, *movement.extents):
+    for name, size0, moved, size in zip(movement.names, *movement.extents):
         if np.isfinite(moved) and moved > _RUNAWAY * (1.0 + size0):
-            out.append((path_to_str(path), float(size0), float(size)))
+            out.append((name, float(size0), float(size)))
     return sorted(out, key=lambda t: -t[2])
 
 
@@ -102,7 +105,7 @@ def report(
     losses,
     final_gnorm: float,
     movement: Movement,
-    grads_at_end: Callable[[], PyTree],
+    grad_norms: Callable[[], Any],
     *,
     warn: bool,
     steps: int,
@@ -128,10 +131,7 @@ def report(
     if converged is None or tolerance.grad_small(losses, final_gnorm):
         return converged
     # Not converged, or converged only because the loss stalled: which parameter is to blame?
-    grads = [
-        (path_to_str(p), float(np.linalg.norm(np.ravel(g))))
-        for p, g in jax.tree_util.tree_flatten_with_path(grads_at_end())[0]
-    ]
+    grads = [(name, float(g)) for name, g in zip(movement.names, grad_norms())]
     where, degenerate = "", False
     if grads:
         path, g = max(grads, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)

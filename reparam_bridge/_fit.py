@@ -23,10 +23,11 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import _checks
 from ._constraint import contains_constraints
-from ._convergence import Movement, Tolerance, report
+from ._convergence import Movement, Tolerance, leaf_names, report
 from ._density import check_bijective, partition
 from ._fitloop import (
     SECONDS_PER_STEP,
+    Info,
     Loop,
     Plan,
     batch_size_of,
@@ -104,8 +105,14 @@ def _fit(
     model, args = auto_axes((model, args))
     tolerance = Tolerance.of(tol, rtol, what)
     if checked is None:
-        _checks.preflight(model, what, density=what.startswith("map_estimate"))
-    constrained = contains_constraints(model) if checked is None else checked[0]
+        sig = _checks.tree_signature(model)
+
+        def checks() -> bool:  # of the model alone: once per signature
+            _checks.preflight(model, what, density=what.startswith("map_estimate"))
+            return contains_constraints(model)
+
+        checked = (_checks.once(None if sig is None else ("fit", what, sig), checks),)
+    constrained = checked[0]
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"{what}: optimizer must be an optax transformation (optax.adam(1e-2)), got {optimizer!r}.")
     if key is not None:
@@ -128,14 +135,14 @@ def _fit(
     loop = Loop(objective, optimizer, batch_size, n_data, constrained)
     if opt_state is None:
         opt_state = init_state(optimizer, params)
-    losses = np.zeros((steps,), jnp.result_type(float))  # a host buffer: no dispatch to make it
+    losses = np.zeros((steps,), np.float64 if jax.config.jax_enable_x64 else np.float32)  # host: no dispatch
     timing_key = (loop, jax.tree_util.tree_structure(params), steps)
     # with a tolerance, chunk ends are where the loop may stop early
     plan = Plan(steps, chunk_size, progress_bar or tolerance.active, SECONDS_PER_STEP.get(timing_key))
 
-    start_params, final_gnorm, host_norms, host_losses, host_moves = params, float("nan"), None, losses, None
+    start_params, info, host_losses, names = params, None, losses, None
     bar = None
-    if progress_bar and steps:
+    if progress_bar and steps and not plan.short():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=what, leave=True)
@@ -145,7 +152,7 @@ def _fit(
             stop = plan.next_stop(start)
             t0 = time.perf_counter()
             try:
-                new_params, new_opt_state, new_losses, first_bad, final_gnorm, leaf_norms, extents = run_chunk(
+                new_params, new_opt_state, new_losses, first_bad, info = run_chunk(
                     loop, static, params, opt_state, losses, np.int32(start), np.int32(stop), key, args, start_params
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
@@ -155,11 +162,14 @@ def _fit(
                         "reduce it, e.g. with .sum() or .mean()."
                     ) from e
                 raise
+            # host work that needs no result runs here, while the chunk computes: after it, the
+            # host is slow for a while (XLA's worker threads spin on the cores)
+            model = eqx.combine(new_params, static)
+            if names is None:
+                names = leaf_names(start_params)
             # one transfer for everything the host needs (each separate read is a sync)
-            first_bad, final_gnorm, host_norms, host_losses, host_moves = jax.device_get(
-                (first_bad, final_gnorm, leaf_norms, new_losses, extents)
-            )
-            first_bad = int(first_bad)
+            first_bad, info, host_losses = jax.device_get((first_bad, info, new_losses))
+            first_bad, info = int(first_bad), Info.of(info)
             if first_bad >= 0:
                 raise ValueError(
                     diagnose(loop, static, params, opt_state, new_losses, start, first_bad, key, args, what)
@@ -170,8 +180,7 @@ def _fit(
                 bar.update(stop - start)
                 bar.set_postfix(loss=f"{float(host_losses[stop - 1]):.6g}", refresh=False)
             start = stop
-            final_gnorm = float(final_gnorm)
-            if tolerance.active and tolerance.met(host_losses[:stop], final_gnorm):
+            if tolerance.active and tolerance.met(host_losses[:stop], info.final_gnorm):
                 break
     finally:
         if bar is not None:
@@ -179,27 +188,29 @@ def _fit(
     if plan.per_step is not None:
         SECONDS_PER_STEP[timing_key] = plan.per_step
     done = host_losses[:start]  # stopped early: the steps run
-    losses = jnp.asarray(losses if start == steps else done)
+    losses = losses if 0 < start == steps else jnp.asarray(done)  # a device array already, or the steps run
     warn = tolerance.active if warn is None else warn
+    final_gnorm = float("nan") if info is None else info.final_gnorm
 
-    def grads_at_end():  # on the warning path only: per-parameter gradient norms for the message
-        if host_norms is not None:  # computed by the compiled loop (an eager jax.grad here cost ~40 ms)
-            return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), list(host_norms))
+    def grad_norms():  # on the warning path only: per-leaf gradient norms for the message
+        if info is not None:  # computed by the compiled loop (an eager jax.grad here cost ~40 ms)
+            return info.leaf_norms
         batch = get_batch(args, key, jnp.asarray(start), loop.batch_size, loop.n_data)  # steps=0
-        return jax.grad(loop.value_fn)(params, static, batch)
+        grads = jax.tree_util.tree_leaves(jax.grad(loop.value_fn)(params, static, batch))
+        return [np.linalg.norm(np.ravel(g)) for g in grads]
 
     converged = report(
         what,
         tolerance,
         done,
         final_gnorm,
-        Movement.of(start_params, params, host_moves),
-        grads_at_end,
+        Movement.of(start_params, params) if info is None else Movement(names, info.extents),
+        grad_norms,
         warn=warn and batch_size is None,
         steps=steps,
     )
     return FitResult(
-        model=eqx.combine(params, static),
+        model=model if info is not None else eqx.combine(params, static),
         losses=losses,
         opt_state=opt_state,
         converged=converged,
@@ -331,10 +342,15 @@ def map_estimate(
         (0.7788, 1.0)
     """
     _checks.check_callable("log_joint", log_joint, "map_estimate")
-    _checks.preflight(model, "map_estimate", density=True)
-    if jacobian:
-        check_bijective(model, "map_estimate(..., jacobian=True)")
-    constrained = contains_constraints(model)
+    sig = _checks.tree_signature((model, args))
+
+    def checks() -> bool:  # of the model alone: once per signature
+        _checks.preflight(model, "map_estimate", density=True)
+        if jacobian:
+            check_bijective(model, "map_estimate(..., jacobian=True)")
+        return contains_constraints(model)
+
+    constrained = _checks.once(None if sig is None else ("map_estimate", jacobian, sig), checks)
     if optimizer is None and fit_kwargs.get("batch_size") is None and not constrained:
         optimizer = _default_lbfgs()
         steps = 100 if steps is None else steps

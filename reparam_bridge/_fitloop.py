@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -17,6 +18,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from ._constraint import apply
 from ._density import partition
 from ._paths import path_to_str
+from ._util import flat_jit
 
 # ----------------------------------------------------------------------------------------
 # mini-batches
@@ -82,47 +84,41 @@ class Loop(NamedTuple):
         params = optax.apply_updates(params, updates)
         if self.project:
             params = partition(apply(eqx.combine(params, static)))[0]
-        # per-leaf squared norms (what optax.global_norm sums): at the end of a run they say
-        # which parameter a non-converged fit is stuck on, without a second gradient pass
-        leaf_sq = jnp.stack(
-            [jnp.sum(jnp.real(g * jnp.conj(g))) for g in jax.tree_util.tree_leaves(grads)]
-        )  # |g|², complex too
-        return params, opt_state, value, leaf_sq
+        return params, opt_state, value, grads
 
 
-@eqx.filter_jit
+@flat_jit
 def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, args, origin):
     """Steps ``start`` to ``stop - 1`` (both traced), their losses written into ``losses``.
 
-    The carry is the state alone: per-step bookkeeping in it (selecting the old state after
-    a failure) costs as much as a whole step of a small model. Failures are found afterwards:
-    the first non-finite loss of the chunk, or non-finite parameters at its end (a non-finite
-    gradient makes the next parameters non-finite with every optax optimiser that does not
-    filter NaNs); :func:`diagnose` replays to say which. Returns ``first_bad``: that step,
-    ``stop`` if only the final parameters are bad, or -1; and the gradient's norm at the
-    returned point, overall and per leaf of ``params``; and ``extents``, per leaf
+    The carry is the state and the last gradient alone: per-step bookkeeping in it (a
+    gradient norm, selecting the old state after a failure) costs as much as a whole step of a
+    small model. Failures are found afterwards: the first non-finite loss of the chunk (a
+    non-finite gradient makes the next parameters, so the next loss, non-finite with every
+    optax optimiser that does not filter NaNs), or non-finite parameters at its end;
+    :func:`diagnose` replays to say which. Returns ``first_bad``: that step, ``stop`` if only
+    the final parameters are bad, or -1; and ``info``, one vector for the host: the gradient's
+    norm at the returned point, then per leaf of ``params`` its norm, then per leaf
     ``max |origin|``, ``max |params - origin|`` and ``max |params|`` (``origin``: the
     parameters the run started from), from which the host tells a parameter running away
     without reading the parameters back."""
 
     def body(i, carry):
-        params, opt_state, losses, grad_bad, _ = carry
-        params, opt_state, value, leaf_sq = loop.step(params, opt_state, static, args, key, i)
-        # the first step whose gradient is non-finite (an int in the carry costs nothing measurable)
-        grad_bad = jnp.where((grad_bad < 0) & ~jnp.all(jnp.isfinite(leaf_sq)), i, grad_bad)
+        params, opt_state, losses, _ = carry
+        params, opt_state, value, grads = loop.step(params, opt_state, static, args, key, i)
         # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
         losses = jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
-        return params, opt_state, losses, grad_bad, leaf_sq.astype(losses.dtype)
+        return params, opt_state, losses, grads
 
-    n_leaves = len(jax.tree_util.tree_leaves(params))
-    init = (params, opt_state, losses, jnp.asarray(-1, start.dtype), jnp.zeros((n_leaves,), losses.dtype))
-    carry = jax.lax.fori_loop(start, stop, body, init)
-    params, opt_state, losses, grad_bad, _ = carry
+    carry = (params, opt_state, losses, jax.tree_util.tree_map(jnp.zeros_like, params))
+    carry = jax.lax.fori_loop(start, stop, body, carry)
+    params, opt_state, losses, _ = carry
     # The gradient at the point returned, so that a NaN there (a degenerate optimum such as a
     # scale collapsing to 0) is an error, and convergence is judged where we stop: one more
     # iteration of the same body (JAX reuses its trace: the loss is still traced once), of
-    # which only the per-leaf gradient norms are kept.
-    leaf_norms = jnp.sqrt(jax.lax.fori_loop(stop, stop + 1, body, carry)[4])
+    # which only the gradient is kept.
+    grads = jax.tree_util.tree_leaves(jax.lax.fori_loop(stop, stop + 1, body, carry)[3])
+    leaf_norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g)))) for g in grads])  # complex too
     final_gnorm = jnp.sqrt(jnp.sum(jnp.square(leaf_norms)))
     steps = jnp.arange(losses.shape[0], dtype=start.dtype)
     bad_value = ~jnp.isfinite(losses) & (steps >= start) & (steps < stop)
@@ -131,8 +127,6 @@ def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, a
         jnp.stack(
             [
                 jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), never),
-                # a non-finite gradient at step i: diagnose replays to step i (first_bad - 1)
-                jnp.where(grad_bad >= 0, grad_bad + 1, never),
                 jnp.where(_all_finite(params), never, stop),
                 jnp.where(jnp.isfinite(final_gnorm), never, stop + 1),
             ]
@@ -141,31 +135,60 @@ def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, a
     first_bad = jnp.where(first_bad == never, -1, first_bad)
 
     def leaf_max(tree):
-        return jnp.stack(
-            [jnp.max(jnp.abs(x), initial=0.0).astype(losses.dtype) for x in jax.tree_util.tree_leaves(tree)]
-        )
+        return jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in jax.tree_util.tree_leaves(tree)])
 
     moved = jax.tree_util.tree_map(jnp.subtract, params, origin)
-    extents = jnp.stack([leaf_max(origin), leaf_max(moved), leaf_max(params)])
-    return params, opt_state, losses, first_bad, final_gnorm, leaf_norms, extents
+    info = jnp.concatenate([final_gnorm[None], leaf_norms, leaf_max(origin), leaf_max(moved), leaf_max(params)])
+    return params, opt_state, losses, first_bad, info.astype(losses.dtype)
+
+
+class Info(NamedTuple):
+    """``run_chunk``'s ``info`` vector, read on the host."""
+
+    final_gnorm: float
+    leaf_norms: np.ndarray  # (leaves,)
+    extents: np.ndarray  # (3, leaves): max |origin|, max |moved|, max |end|
+
+    @classmethod
+    def of(cls, info: np.ndarray) -> "Info":
+        n = (len(info) - 1) // 4
+        return cls(float(info[0]), info[1 : 1 + n], info[1 + n :].reshape(3, n))
 
 
 _INIT: dict = {}
 
 
 def init_state(optimizer: Any, params):
-    """``optimizer.init(params)``, compiled once per optimizer. A plain ``jax.jit`` cached
-    here: its dispatch is a third of ``eqx.filter_jit``'s, which counts in a short fit
-    (bench_fit: 3,000 Adam steps take 18 ms)."""
+    """``optimizer.init(params)``. Most optax states start as constants that do not depend on
+    the parameters' values (Adam's zeros and count, L-BFGS's memory): those are made once per
+    optimizer and parameter shapes and reused (JAX arrays are immutable), which saves a
+    dispatch a call (~0.1-0.25 ms, against 18 ms for 3,000 Adam steps in bench_fit). Other
+    states come from a ``jax.jit`` cached here."""
     try:
-        fn = _INIT.get(optimizer)
+        key = (optimizer, jax.tree_util.tree_structure(params))
+        key += tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in jax.tree_util.tree_leaves(params))
+        entry = _INIT.get(key)
     except TypeError:  # an unhashable optimizer: compiled per call
         return jax.jit(optimizer.init)(params)
-    if fn is None:
+    if entry is None:
         if len(_INIT) > 64:
             _INIT.clear()
-        fn = _INIT[optimizer] = jax.jit(optimizer.init)
-    return fn(params)
+        init = jax.jit(optimizer.init)
+        constant = not _reads_inputs(jax.make_jaxpr(optimizer.init)(params).jaxpr)
+        entry = _INIT[key] = (init, init(params) if constant else None)
+    init, state = entry
+    return init(params) if state is None else state
+
+
+def _reads_inputs(jaxpr) -> bool:
+    """Whether any output of ``jaxpr`` depends on its inputs (a sub-program counts as reading
+    all of its inputs)."""
+    live = set(jaxpr.invars)
+    used = lambda vs: any(isinstance(v, jax.extend.core.Var) and v in live for v in vs)  # noqa: E731
+    for eqn in jaxpr.eqns:
+        if used(eqn.invars):
+            live.update(eqn.outvars)
+    return used(jaxpr.outvars)
 
 
 # Seconds per step of each loop seen in this process, keyed like the compiled loop: the
@@ -228,6 +251,11 @@ class Plan:
             if left - n < n // 2:  # no short last chunk
                 n = left
         return start + min(n, left)
+
+    def short(self) -> bool:
+        """One chunk, known to take under ``_CHUNK_SECONDS``: a bar would only flash (tqdm's
+        ``delay=`` idea), and drawing it costs a tenth of a 3,000-step fit of a small model."""
+        return self.chunk_size is None and self.per_step is not None and self.steps * self.per_step < _CHUNK_SECONDS
 
     def record(self, start: int, stop: int, seconds: float) -> None:
         self.timed_chunks += 1

@@ -85,7 +85,11 @@ def auto_axes(args: tuple) -> tuple:
         auto_mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(axis_type.Auto,) * len(mesh.axis_names))
         return jax.device_put(x, NamedSharding(auto_mesh, sharding.spec, memory_kind=sharding.memory_kind))
 
-    return jax.tree_util.tree_map(auto, args)
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    moved = [auto(x) for x in leaves]
+    if all(a is b for a, b in zip(moved, leaves)):  # the common case: nothing to rebuild
+        return args
+    return treedef.unflatten(moved)
 
 
 def args_are_sharded(args: tuple) -> bool:

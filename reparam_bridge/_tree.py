@@ -114,6 +114,18 @@ def free_filter(tree: PyTree) -> PyTree:
     return jtu.tree_map(lambda x: False if is_frozen(x) else eqx.is_inexact_array(x), tree, is_leaf=is_frozen)
 
 
+def free_mask(tree: PyTree) -> list[bool]:
+    """Whether each leaf of ``tree`` (in ``jax.tree_util.tree_leaves`` order) is free: the
+    decision of :func:`free_filter`, one bool per leaf (a frozen node: one ``False`` per leaf)."""
+    mask: list[bool] = []
+    for x in jtu.tree_leaves(tree, is_leaf=is_frozen):
+        if is_frozen(x):
+            mask.extend([False] * len(jtu.tree_leaves(x)))
+        else:
+            mask.append(eqx.is_inexact_array(x))
+    return mask
+
+
 def is_node(x: Any) -> bool:
     """A node that names a variable as a whole: a wrapper, a :class:`Ref` or a stored prior."""
     return isinstance(x, (Unwrappable, Ref, Distribution))
