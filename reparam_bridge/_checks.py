@@ -308,12 +308,14 @@ def once(key: Any, check: Callable[[], Any]) -> Any:
     return out
 
 
-def eval_density(fn: Callable, model: PyTree, args: tuple, what: str, fn_name: str = "log_joint") -> None:
+def eval_density(
+    fn: Callable, model: PyTree, args: tuple, what: str, fn_name: str = "log_joint", *, sig: Any = False
+) -> None:
     """Trace ``fn(unwrap(model), *args)`` abstractly (no compile) and check its output; once
     per signature: tracing the user's function again costs more than a whole short fit
     (bench_fit: ~6 ms against 18 ms for 3,000 Adam steps), and its output's shape cannot change
-    while the signature does not."""
-    sig = tree_signature((model, args))
+    while the signature does not. ``sig``: ``tree_signature((model, args))`` if the caller has it."""
+    sig = tree_signature((model, args)) if sig is False else sig
     once(None if sig is None else ("eval_density", fn, sig), lambda: _eval_density(fn, model, args, what, fn_name))
 
 

@@ -191,6 +191,23 @@ def _reads_inputs(jaxpr) -> bool:
     return used(jaxpr.outvars)
 
 
+_CONSTANTS: dict = {}
+
+
+def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
+    """``jnp.full(shape, value, dtype)``, made once and reused (JAX arrays are immutable and
+    these are uncommitted, so any device may use them): the loop's start and stop steps and
+    its empty loss buffer are the same in every call of a repeated fit, and a NumPy input costs
+    a host-to-device copy per call (~0.05 ms each in bench_fit)."""
+    key = (value, np.dtype(dtype), shape)
+    out = _CONSTANTS.get(key)
+    if out is None:
+        if len(_CONSTANTS) > 256:
+            _CONSTANTS.clear()
+        out = _CONSTANTS[key] = jnp.full(shape, value, dtype)
+    return out
+
+
 # Seconds per step of each loop seen in this process, keyed like the compiled loop: the
 # next run of the same loop is cut into chunks by time from its first chunk on.
 SECONDS_PER_STEP: dict = {}
