@@ -302,8 +302,8 @@ def once(key: Any, check: Callable[[], Any]) -> Any:
         return _PASSED[key]
     out = check()
     if key is not None:
-        if len(_PASSED) > 64:  # a bound: the keys may hold user functions and their closures
-            _PASSED.clear()
+        if len(_PASSED) >= 32:  # a bound: the keys may hold user functions and their closures
+            _PASSED.pop(next(iter(_PASSED)))
         _PASSED[key] = out
     return out
 

@@ -147,7 +147,12 @@ def _fit(
     if opt_state is None:
         opt_state = init_state(optimizer, params)
     losses = constant(0.0, np.float64 if jax.config.jax_enable_x64 else np.float32, (steps,))
-    timing_key = (loop, jax.tree_util.tree_structure(params), steps)
+    timing_key = (
+        loop,
+        jax.tree_util.tree_structure(params),
+        steps,
+        tuple(map(jnp.shape, jax.tree_util.tree_leaves(args))),
+    )
     # with a tolerance, chunk ends are where the loop may stop early
     plan = Plan(steps, chunk_size, progress_bar or tolerance.active, SECONDS_PER_STEP.get(timing_key))
 
@@ -211,6 +216,8 @@ def _fit(
     losses = losses if 0 < start == steps else jnp.asarray(done)  # a device array already, or the steps run
     warn = tolerance.active if warn is None else warn
     final_gnorm = float("nan") if info is None else info.final_gnorm
+    if info is None:  # no step ran: the state may be a cached constant (init_state); the user gets a copy
+        opt_state = jax.tree_util.tree_map(lambda x: jnp.copy(x) if eqx.is_array(x) else x, opt_state)
 
     def grad_norms():  # on the warning path only: per-leaf gradient norms for the message
         if info is not None:  # computed by the compiled loop (an eager jax.grad here cost ~40 ms)
@@ -267,7 +274,8 @@ def fit(
         batch_size: if given, each step uses ``batch_size`` rows drawn uniformly (with
             replacement) along the leading axis shared by every array in ``args``.
         key: a ``jax.random`` key, required with ``batch_size``.
-        progress_bar: show a tqdm bar with the current loss.
+        progress_bar: show a tqdm bar with the current loss (not drawn when an earlier run of the
+            same loop says this one takes under a quarter of a second: it would only flash).
         chunk_size: steps per dispatch of the compiled loop (and per bar update); any
             value reuses the same compiled loop. Default: all steps when the bar is off and no
             tolerance is given, else chunks of about a quarter of a second.

@@ -91,33 +91,37 @@ class Loop(NamedTuple):
 def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, args, origin):
     """Steps ``start`` to ``stop - 1`` (both traced), their losses written into ``losses``.
 
-    The carry is the state and the last gradient alone: per-step bookkeeping in it (a
-    gradient norm, selecting the old state after a failure) costs as much as a whole step of a
-    small model. Failures are found afterwards: the first non-finite loss of the chunk (a
-    non-finite gradient makes the next parameters, so the next loss, non-finite with every
-    optax optimiser that does not filter NaNs), or non-finite parameters at its end;
-    :func:`diagnose` replays to say which. Returns ``first_bad``: that step, ``stop`` if only
-    the final parameters are bad, or -1; and ``info``, one vector for the host: the gradient's
+    The carry is the state, the last gradient and the first step whose gradient was
+    non-finite: more per-step bookkeeping (per-leaf norms, selecting the old state after a
+    failure) costs as much as a whole step of a small model. Failures are found afterwards:
+    the first non-finite loss or gradient of the chunk, or non-finite parameters at its end;
+    :func:`diagnose` replays to say which. Returns ``first_bad``: that step (for a gradient,
+    the step after it), ``stop`` if only the final parameters are bad, or -1; and ``info``,
+    one vector for the host: the gradient's
     norm at the returned point, then per leaf of ``params`` its norm, then per leaf
     ``max |origin|``, ``max |params - origin|`` and ``max |params|`` (``origin``: the
     parameters the run started from), from which the host tells a parameter running away
     without reading the parameters back."""
 
     def body(i, carry):
-        params, opt_state, losses, _ = carry
+        params, opt_state, losses, grad_bad, _ = carry
         params, opt_state, value, grads = loop.step(params, opt_state, static, args, key, i)
+        # sum(g * 0) is 0 if every g is finite, else nan (a sum of g itself could overflow)
+        finite = jnp.isfinite(sum(jnp.sum(g * 0) for g in jax.tree_util.tree_leaves(grads)))
+        grad_bad = jnp.where((grad_bad < 0) & ~finite, i, grad_bad)
         # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
         losses = jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
-        return params, opt_state, losses, grads
+        return params, opt_state, losses, grad_bad, grads
 
-    carry = (params, opt_state, losses, jax.tree_util.tree_map(jnp.zeros_like, params))
+    no_grad = jax.tree_util.tree_map(jnp.zeros_like, params)
+    carry = (params, opt_state, losses, jnp.asarray(-1, start.dtype), no_grad)
     carry = jax.lax.fori_loop(start, stop, body, carry)
-    params, opt_state, losses, _ = carry
+    params, opt_state, losses, grad_bad, _ = carry
     # The gradient at the point returned, so that a NaN there (a degenerate optimum such as a
     # scale collapsing to 0) is an error, and convergence is judged where we stop: one more
     # iteration of the same body (JAX reuses its trace: the loss is still traced once), of
     # which only the gradient is kept.
-    grads = jax.tree_util.tree_leaves(jax.lax.fori_loop(stop, stop + 1, body, carry)[3])
+    grads = jax.tree_util.tree_leaves(jax.lax.fori_loop(stop, stop + 1, body, carry)[4])
     leaf_norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g)))) for g in grads])  # complex too
     final_gnorm = jnp.sqrt(jnp.sum(jnp.square(leaf_norms)))
     steps = jnp.arange(losses.shape[0], dtype=start.dtype)
@@ -127,6 +131,8 @@ def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, a
         jnp.stack(
             [
                 jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), never),
+                # a non-finite gradient at step i: diagnose replays to step i (first_bad - 1)
+                jnp.where(grad_bad >= 0, grad_bad + 1, never),
                 jnp.where(_all_finite(params), never, stop),
                 jnp.where(jnp.isfinite(final_gnorm), never, stop + 1),
             ]
@@ -164,20 +170,32 @@ def init_state(optimizer: Any, params):
     optimizer and parameter shapes and reused (JAX arrays are immutable), which saves a
     dispatch a call (~0.1-0.25 ms, against 18 ms for 3,000 Adam steps in bench_fit). Other
     states come from a ``jax.jit`` cached here."""
+    leaves = jax.tree_util.tree_leaves(params)
     try:
-        key = (optimizer, jax.tree_util.tree_structure(params))
-        key += tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in jax.tree_util.tree_leaves(params))
+        key = (optimizer, jax.tree_util.tree_structure(params), _context())
+        key += tuple((x.shape, x.dtype, getattr(x, "weak_type", False), getattr(x, "sharding", None)) for x in leaves)
         entry = _INIT.get(key)
     except TypeError:  # an unhashable optimizer: compiled per call
         return jax.jit(optimizer.init)(params)
     if entry is None:
-        if len(_INIT) > 64:
-            _INIT.clear()
+        if len(_INIT) >= 16:
+            _INIT.pop(next(iter(_INIT)))
         init = jax.jit(optimizer.init)
-        constant = not _reads_inputs(jax.make_jaxpr(optimizer.init)(params).jaxpr)
+        # kept only for small models: a large one's state is memory, and its fit is long anyway
+        small = sum(x.size * x.dtype.itemsize for x in leaves) <= _SMALL_BYTES
+        constant = small and not _reads_inputs(jax.make_jaxpr(optimizer.init)(params).jaxpr)
         entry = _INIT[key] = (init, init(params) if constant else None)
     init, state = entry
     return init(params) if state is None else state
+
+
+_SMALL_BYTES = 1 << 16  # 64 KiB of parameters
+
+
+def _context() -> tuple:
+    """What decides where a new array goes (a cached one must not outlive it)."""
+    mesh = getattr(jax.sharding, "get_abstract_mesh", lambda: None)()
+    return (mesh, jax.config.jax_default_device)
 
 
 def _reads_inputs(jaxpr) -> bool:
@@ -199,11 +217,13 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
     these are uncommitted, so any device may use them): the loop's start and stop steps and
     its empty loss buffer are the same in every call of a repeated fit, and a NumPy input costs
     a host-to-device copy per call (~0.05 ms each in bench_fit)."""
-    key = (value, np.dtype(dtype), shape)
+    if math.prod(shape) * np.dtype(dtype).itemsize > _SMALL_BYTES:
+        return jnp.full(shape, value, dtype)
+    key = (value, np.dtype(dtype), shape, _context())
     out = _CONSTANTS.get(key)
     if out is None:
-        if len(_CONSTANTS) > 256:
-            _CONSTANTS.clear()
+        if len(_CONSTANTS) >= 64:
+            _CONSTANTS.pop(next(iter(_CONSTANTS)))
         out = _CONSTANTS[key] = jnp.full(shape, value, dtype)
     return out
 

@@ -159,7 +159,7 @@ def sample_sharded(
 ):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
     mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``)."""
-    from ._posterior import _EXTRA_FIELDS, Posterior, _logdensity_fn, _sample_stats
+    from ._posterior import _EXTRA_FIELDS, Posterior, _sample_stats
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
     if thinning < 1:
@@ -171,11 +171,47 @@ def sample_sharded(
     keys = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
     keys = _global(np.asarray(keys), chains)
     init = jax.tree_util.tree_map(lambda x: _global(np.asarray(x), chains), init_params)
-    # Arrays are arguments of the compiled function (constants would be copied onto one
-    # device); everything else in args (Python scalars, strings) is closed over.
-    arrays, others = eqx.partition(args, eqx.is_array)
-    arrays = jax.tree_util.tree_map(lambda x: _global(x, replicated), arrays)
+    # Arrays (data, the model's frozen arrays, a seeded mass matrix) are arguments of the
+    # compiled function: constants would be copied onto one device, and the program is reused
+    # by the next call with new values of the same shapes. Everything else is closed over.
+    dynamic, rest = eqx.partition((args, static, kernel_kwargs), eqx.is_array)
+    dynamic = jax.tree_util.tree_map(lambda x: _global(x, replicated), dynamic)
+    rest_leaves, rest_def = jax.tree_util.tree_flatten(rest)  # hashable as (leaves, structure)
     fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
+    config = (log_joint, tuple(rest_leaves), rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields)
+    out = _gather(_compiled_run(config)(keys, init, dynamic))
+    samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
+    depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
+    depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
+    stats = _sample_stats(out, depth) if fields else {}
+    return Posterior(
+        model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
+    )
+
+
+# Compiled samplers by everything static about them (a second ``rb.sample`` of the same model
+# and data shapes compiles nothing: NUTS takes seconds to compile). At most a few: each holds
+# log_joint and its closure.
+_RUNS: dict = {}
+
+
+def _compiled_run(config: tuple) -> Callable:
+    try:
+        run = _RUNS.get(config)
+    except Exception:  # something static is unhashable or not comparable: compiled for this call only
+        return _build_run(config)
+    if run is None:
+        if len(_RUNS) >= 8:
+            _RUNS.pop(next(iter(_RUNS)))
+        run = _RUNS[config] = _build_run(config)
+    return run
+
+
+def _build_run(config: tuple) -> Callable:
+    from ._posterior import _logdensity_fn
+
+    log_joint, rest_leaves, rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields = config
+    rest = jax.tree_util.tree_unflatten(rest_def, rest_leaves)
 
     def collect(state):
         out = {"z": state.z}
@@ -186,8 +222,9 @@ def sample_sharded(
             out[name] = value
         return out
 
-    def run(keys, init, arrays):
-        logdensity = _logdensity_fn(log_joint, static, eqx.combine(arrays, others))
+    def run(keys, init, dynamic):
+        args, static, kernel_kwargs = eqx.combine(dynamic, rest)
+        logdensity = _logdensity_fn(log_joint, static, args)
         sampler = kernel(potential_fn=lambda p: -logdensity(p), **kernel_kwargs)
         # typed keys with a chain axis: NumPyro takes its vectorized path (vmap of init and sample)
         state = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
@@ -217,11 +254,4 @@ def sample_sharded(
         run = jax.shard_map(
             run, mesh=mesh, in_specs=(spec, spec, P()), out_specs=spec, axis_names={CHAINS}, check_vma=False
         )
-    out = _gather(jax.jit(run)(keys, init, arrays))
-    samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
-    depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
-    depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
-    stats = _sample_stats(out, depth) if fields else {}
-    return Posterior(
-        model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
-    )
+    return jax.jit(run)

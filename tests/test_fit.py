@@ -110,6 +110,36 @@ def test_nan_gradient_names_the_parameter():
         fit({"a": jnp.array(0.0), "b": jnp.array(0.0)}, loss, steps=10, progress_bar=False)
 
 
+def test_nan_gradient_under_a_finite_loss_names_its_first_step():
+    # sqrt behind a where: once x <= 0 the loss stays finite (0) but its gradient is NaN (0 * inf);
+    # plain SGD from x = 1 first gets there at step 15 (the loop below finds it by hand)
+    f = lambda x: jnp.where(x > 0, jnp.sqrt(x), 0.0)  # noqa: E731
+    x, first = jnp.array(1.0), None
+    for i in range(50):
+        g = jax.grad(f)(x)
+        if not jnp.isfinite(g):
+            first = i
+            break
+        x = x - 0.1 * g
+    assert first is not None
+    loss = lambda m: f(m["x"]) + (m["y"] - 1.0) ** 2  # noqa: E731
+    model = {"x": rb.Real(jnp.array(1.0)), "y": rb.Real(jnp.array(0.0))}
+    with pytest.raises(ValueError, match=rf"gradient became non-finite at step {first} .*\['x.unconstrained'\]"):
+        fit(model, loss, optimizer=optax.sgd(0.1), steps=50, progress_bar=False)
+
+
+def test_a_state_from_zero_steps_is_the_users_own():
+    # the initial state of a small model is made once and reused by later fits: the one a
+    # 0-step fit returns is a copy, so donating it to the user's own step breaks nothing
+    model = {"x": rb.Real(jnp.zeros(3))}
+    loss = lambda m: jnp.sum((m["x"] - 1.0) ** 2)  # noqa: E731
+    opt = optax.adam(0.1)
+    first = fit(model, loss, optimizer=opt, steps=0, progress_bar=False)
+    jax.jit(lambda s: jax.tree_util.tree_map(lambda a: a + 0, s), donate_argnums=0)(first.opt_state)
+    again = fit(model, loss, optimizer=opt, steps=10, progress_bar=False)
+    assert np.isfinite(float(again.losses[-1]))
+
+
 def test_progress_bar_switch(capfd):
     model = {"w": jnp.array(0.0)}
     loss = lambda m: (m["w"] - 2.0) ** 2  # noqa: E731
