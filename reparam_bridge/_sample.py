@@ -189,6 +189,7 @@ def sample(
             num_samples=num_samples,
             thinning=thinning,
             log_likelihood=log_likelihood,
+            progress_bar=progress_bar,
         )
     else:
         mcmc, init_params = _mcmc(

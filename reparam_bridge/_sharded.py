@@ -41,6 +41,7 @@ The draws are gathered to the host (on every process, process 0 included) into a
 """
 
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -156,9 +157,11 @@ def sample_sharded(
     num_samples: int,
     thinning: int,
     log_likelihood: Callable | None,
+    progress_bar: bool = False,
 ):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
-    mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``)."""
+    mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``). The bar (on
+    process 0) advances from inside the compiled loop, about 20 times a run."""
     from ._posterior import _EXTRA_FIELDS, Posterior, _sample_stats
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
@@ -174,12 +177,15 @@ def sample_sharded(
     # Arrays (data, the model's frozen arrays, a seeded mass matrix) are arguments of the
     # compiled function: constants would be copied onto one device, and the program is reused
     # by the next call with new values of the same shapes. Everything else is closed over.
-    dynamic, rest = eqx.partition((args, static, kernel_kwargs), eqx.is_array)
+    dynamic, rest = eqx.partition((args, static, kernel_kwargs), _is_data)
     dynamic = jax.tree_util.tree_map(lambda x: _global(x, replicated), dynamic)
     rest_leaves, rest_def = jax.tree_util.tree_flatten(rest)  # hashable as (leaves, structure)
     fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
+    total = num_warmup + num_samples * thinning
+    every = max(1, total // 20) if progress_bar else 0
     config = (log_joint, tuple(rest_leaves), rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields)
-    out = _gather(_compiled_run(config)(keys, init, dynamic))
+    with _Progress(total if jax.process_index() == 0 and every else 0):
+        out = _gather(_compiled_run((*config, every))(keys, init, dynamic))
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
     depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
     depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
@@ -187,6 +193,11 @@ def sample_sharded(
     return Posterior(
         model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
     )
+
+
+def _is_data(x: Any) -> bool:
+    """An array the compiled sampler takes as an argument (PRNG keys stay closed over)."""
+    return eqx.is_array(x) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 # Compiled samplers by everything static about them (a second ``rb.sample`` of the same model
@@ -207,10 +218,46 @@ def _compiled_run(config: tuple) -> Callable:
     return run
 
 
+class _Progress:
+    """The tqdm bar of the running sharded sample, advanced by ``tick`` from the compiled
+    loop (a host callback: on every device that runs it, hence the high-water mark)."""
+
+    current: "_Progress | None" = None
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar, self.lock = total, 0, None, threading.Lock()
+
+    def __enter__(self) -> "_Progress":
+        if self.total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc="rb.sample (sharded)", leave=True)
+        _Progress.current = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _Progress.current = None
+        if self.bar is not None:
+            if exc[0] is None:
+                self.bar.update(self.total - self.done)  # the steps after the last tick
+            self.bar.close()
+
+    @staticmethod
+    def tick(step) -> None:
+        self = _Progress.current
+        if self is None or self.bar is None:
+            return
+        with self.lock:
+            step = min(int(step), self.total)
+            if step > self.done:
+                self.bar.update(step - self.done)
+                self.done = step
+
+
 def _build_run(config: tuple) -> Callable:
     from ._posterior import _logdensity_fn
 
-    log_joint, rest_leaves, rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields = config
+    log_joint, rest_leaves, rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, every = config
     rest = jax.tree_util.tree_unflatten(rest_def, rest_leaves)
 
     def collect(state):
@@ -235,6 +282,8 @@ def _build_run(config: tuple) -> Callable:
         def body(i, carry):
             state, buffer = carry
             state = sampler.sample(state, (), {})
+            if every:  # the bar: a host callback every `every` iterations
+                jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(_Progress.tick, i + 1), lambda: None)
             k = i - num_warmup
             keep = (k >= 0) & ((k + 1) % thinning == 0)
             slot = jnp.maximum(k, 0) // thinning

@@ -352,3 +352,18 @@ def test_sharded_sampler_compiles_once_per_shape(caplog):
     mean, sd = float(np.sum(y + 3.0)) / (n + 1), (n + 1) ** -0.5
     draws = np.asarray(post.draws["mu"], np.float64).ravel()
     assert abs(draws.mean() - mean) < 5 * sd / np.sqrt(len(draws) / 4), (draws.mean(), mean)
+
+
+def test_sharded_sampler_shows_a_progress_bar(capfd):
+    rb.sample(
+        {"m": rb.Real(0.0)},
+        lambda m: -0.5 * m["m"] ** 2,
+        key=jax.random.key(0),
+        num_warmup=60,
+        num_samples=40,
+        num_chains=2,
+        chain_method="sharded",
+        progress_bar=True,
+    )
+    err = capfd.readouterr().err
+    assert "rb.sample (sharded)" in err and "100/100" in err, err[-500:]
