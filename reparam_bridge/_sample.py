@@ -97,7 +97,10 @@ def sample(
             ``"parallel"`` (one chain per local device), ``"vectorized"``, ``"sequential"``.
             Default: ``"sharded"`` when some array in ``args`` is split over devices (it stays
             split; see ``reparam_bridge._sharded``), else ``"parallel"`` when there are enough
-            devices, else ``"vectorized"``. ``"sharded"`` returns ``mcmc=None`` (no ``resume``).
+            devices, else ``"vectorized"``. ``"sharded"`` returns ``mcmc=None`` (no ``resume``)
+            and keeps its compiled sampler for the next call of the same shapes: as under
+            ``jax.jit``, a ``log_joint`` reading globals sees their values at its first call
+            (``jax.clear_caches()`` makes the next call trace it again).
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.

@@ -174,16 +174,23 @@ def sample_sharded(
     keys = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
     keys = _global(np.asarray(keys), chains)
     init = jax.tree_util.tree_map(lambda x: _global(np.asarray(x), chains), init_params)
-    # Arrays (data, the model's frozen arrays, a seeded mass matrix) are arguments of the
-    # compiled function: constants would be copied onto one device, and the program is reused
-    # by the next call with new values of the same shapes. Everything else is closed over.
-    dynamic, rest = eqx.partition((args, static, kernel_kwargs), _is_data)
-    dynamic = jax.tree_util.tree_map(lambda x: _global(x, replicated), dynamic)
-    rest_leaves, rest_def = jax.tree_util.tree_flatten(rest)  # hashable as (leaves, structure)
+    # The data's arrays and a seeded mass matrix and step size are arguments of the compiled
+    # function: constants would be copied onto one device, and the program is reused by the next
+    # call with new values of the same shapes (a warm start brings a new mass matrix and step
+    # size every time). The rest is closed over: the model's static part and the kernel's other
+    # options, whose values NumPyro reads in Python; with an array among them (unhashable) the
+    # sampler is compiled for this call only.
+    arrays, others = eqx.partition(args, _is_data)
+    options = dict(kernel_kwargs)
+    seeded = {k: jax.tree_util.tree_map(jnp.asarray, options.pop(k)) for k in _SEEDED if options.get(k) is not None}
+    dynamic = jax.tree_util.tree_map(lambda x: _global(x, replicated), (arrays, seeded))
+    leaves, closed = jax.tree_util.tree_flatten((others, static, options))
     fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
     total = num_warmup + num_samples * thinning
     every = max(1, total // 20) if progress_bar else 0
-    config = (log_joint, tuple(rest_leaves), rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields)
+    # leaves by type and value: 1, 1.0 and True compare equal but trace differently
+    typed = tuple((type(x), x) for x in leaves)
+    config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields)
     with _Progress(total if jax.process_index() == 0 and every else 0):
         out = _gather(_compiled_run((*config, every))(keys, init, dynamic))
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
@@ -195,14 +202,18 @@ def sample_sharded(
     )
 
 
+_SEEDED = ("inverse_mass_matrix", "step_size")  # kernel options NumPyro only uses in jnp/lax ops
+
+
 def _is_data(x: Any) -> bool:
     """An array the compiled sampler takes as an argument (PRNG keys stay closed over)."""
     return eqx.is_array(x) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 # Compiled samplers by everything static about them (a second ``rb.sample`` of the same model
-# and data shapes compiles nothing: NUTS takes seconds to compile). At most a few: each holds
-# log_joint and its closure.
+# and data shapes compiles nothing: NUTS takes seconds to compile). As with ``jax.jit``, a
+# log_joint that reads globals sees them as they were when it was traced (``jax.clear_caches()``
+# makes the next call trace again). At most a few: each holds log_joint and its closure.
 _RUNS: dict = {}
 
 
@@ -257,8 +268,8 @@ class _Progress:
 def _build_run(config: tuple) -> Callable:
     from ._posterior import _logdensity_fn
 
-    log_joint, rest_leaves, rest_def, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, every = config
-    rest = jax.tree_util.tree_unflatten(rest_def, rest_leaves)
+    log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, every = config
+    others, static, options = jax.tree_util.tree_unflatten(closed, [x for _, x in typed])
 
     def collect(state):
         out = {"z": state.z}
@@ -270,9 +281,9 @@ def _build_run(config: tuple) -> Callable:
         return out
 
     def run(keys, init, dynamic):
-        args, static, kernel_kwargs = eqx.combine(dynamic, rest)
-        logdensity = _logdensity_fn(log_joint, static, args)
-        sampler = kernel(potential_fn=lambda p: -logdensity(p), **kernel_kwargs)
+        arrays, seeded = dynamic
+        logdensity = _logdensity_fn(log_joint, static, eqx.combine(arrays, others))
+        sampler = kernel(potential_fn=lambda p: -logdensity(p), **options, **seeded)
         # typed keys with a chain axis: NumPyro takes its vectorized path (vmap of init and sample)
         state = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
         # One loop over warmup and sampling compiles NUTS once (a loop for each would compile

@@ -329,7 +329,7 @@ def test_sharded_sampler_compiles_once_per_shape(caplog):
     def log_joint(m, y):
         return -0.5 * m["mu"] ** 2 - 0.5 * jnp.sum((y - m["mu"]) ** 2)
 
-    def run(y, seed):
+    def run(y, seed, step_size):
         return rb.sample(
             {"mu": rb.Real(0.0)},
             log_joint,
@@ -340,12 +340,14 @@ def test_sharded_sampler_compiles_once_per_shape(caplog):
             num_chains=2,
             chain_method="sharded",
             progress_bar=False,
+            step_size=step_size,  # as a warm start seeds it: a new value every call
+            max_tree_depth=np.int64(6),  # a NumPy scalar option stays a Python-side value
         )
 
     y = np.linspace(-1.0, 1.0, 15).astype(np.float32)
-    run(y, 0)
+    run(y, 0, 0.5)
     with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles():
-        post = run(y + 3.0, 1)  # new values, same shapes
+        post = run(y + 3.0, 1, 0.25)  # new values, same shapes
     compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
     assert not [m for m in compiled if "jit(run)" in m], compiled
     n = len(y)
@@ -354,7 +356,12 @@ def test_sharded_sampler_compiles_once_per_shape(caplog):
     assert abs(draws.mean() - mean) < 5 * sd / np.sqrt(len(draws) / 4), (draws.mean(), mean)
 
 
-def test_sharded_sampler_shows_a_progress_bar(capfd):
+def test_sharded_sampler_shows_a_progress_bar(capfd, monkeypatch):
+    from reparam_bridge import _sharded
+
+    ticks = []
+    tick = _sharded._Progress.tick
+    monkeypatch.setattr(_sharded._Progress, "tick", staticmethod(lambda step: (ticks.append(int(step)), tick(step))))
     rb.sample(
         {"m": rb.Real(0.0)},
         lambda m: -0.5 * m["m"] ** 2,
@@ -367,3 +374,4 @@ def test_sharded_sampler_shows_a_progress_bar(capfd):
     )
     err = capfd.readouterr().err
     assert "rb.sample (sharded)" in err and "100/100" in err, err[-500:]
+    assert ticks and min(ticks) < 100, ticks  # advanced from inside the compiled loop, not only at the end
