@@ -46,9 +46,9 @@ from ._density import log_prior as log_prior
 from ._density import partition as partition
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
-from ._fit import map_estimate as map_estimate
 from ._laplace import LaplaceResult as LaplaceResult
 from ._laplace import laplace as laplace
+from ._map import map_estimate as map_estimate
 from ._multistart import EnsembleResult as EnsembleResult
 from ._multistart import fit_ensemble as fit_ensemble
 from ._multistart import map_estimate_ensemble as map_estimate_ensemble

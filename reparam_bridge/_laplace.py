@@ -16,7 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._approx import Approximation
 from ._checks import preflight
 from ._density import check_bijective, partition
-from ._fit import map_estimate
+from ._map import map_estimate
 from ._psis import psislw
 from ._sharded import auto_axes
 from ._util import neg_log_density_hessian

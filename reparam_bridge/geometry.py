@@ -140,7 +140,7 @@ def curvature(
     """
     check_bijective(model, "geometry.curvature")
     if at is None:
-        from ._fit import map_estimate
+        from ._map import map_estimate
 
         at = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
     elif map_kwargs:

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._fit import fit, map_estimate
+from reparam_bridge import fit, map_estimate
 
 
 class PowerLaw(eqx.Module):

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 import reparam_bridge as rb
-from reparam_bridge._fit import map_estimate
+from reparam_bridge import map_estimate
 from reparam_bridge._laplace import laplace
 
 

@@ -11,14 +11,17 @@ from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions import transforms as T
 
-from .. import _checks, _tree
+from .. import _tree
 from .._tree import NonTrainable, contains_refs
 from .base import Bijector
 from .checks import (
     as_float_array,
     build,
+    check_bound_shape,
     check_open_simplex,
     check_prior,
+    check_round_trip,
+    check_value_type,
     frozen_or_live,
     is_traced,
     support_text,
@@ -80,7 +83,7 @@ class NamedBijector(Bijector):
         Under ``jit``/``vmap`` (traced value or bounds) the value checks ride along with the
         result (``eqx.error_if``) and raise when the compiled function runs."""
         name = type(self).__name__
-        _checks.check_value_type(name, "value", value)
+        check_value_type(name, "value", value)
         value = as_float_array(value)
         for key, val in {**config, "prior": prior, "unconstrained": value}.items():
             object.__setattr__(self, key, val)
@@ -110,7 +113,7 @@ class NamedBijector(Bijector):
         self._check_value(value)
         for key, val in config.items():  # constant bounds must not grow the parameter
             if isinstance(val, NonTrainable) and eqx.is_array(val.tree):
-                _checks.check_bound_shape(name, key, val.tree, value.shape)
+                check_bound_shape(name, key, val.tree, value.shape)
         support = inner.support()
         if not bool(jnp.all(support(value))):
             raise ValueError(f"{name}: value lies outside the support {support_text(support)}: {np.asarray(value)}.")
@@ -122,7 +125,7 @@ class NamedBijector(Bijector):
             )
         event_size = int(np.prod(value.shape[value.ndim - self.event_ndim :]))
         recovered = inner.transform()(unconstrained)
-        _checks.check_round_trip(name, value, recovered, self._value_scale(value), event_size)
+        check_round_trip(name, value, recovered, self._value_scale(value), event_size)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
             check_prior(name, prior, support, value.shape)

@@ -7,8 +7,7 @@ from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions import transforms as T
 
-from .._checks import round_trip_tolerance
-from .checks import check_open_simplex
+from .checks import check_open_simplex, round_trip_tolerance
 from .maps import CumsumExpTransform, StickBreakingTransform, ZeroSumTransform
 from .named import NamedBijector, vector_max_scale
 
