@@ -246,8 +246,8 @@ def variational(
         log_joint: ``log_joint(unwrapped_model, *args)`` as for ``rb.sample``.
         key: PRNG key for the guide's initialisation, the ELBO draws and PSIS.
         guide: ``"meanfield"`` (diagonal Gaussian), ``"fullrank"`` (Gaussian with a Cholesky
-            factor), ``"flow"`` (a flowjax masked autoregressive flow; needs the ``flows``
-            extra) or any unconditional flowjax distribution over the ``n`` flattened free
+            factor), ``"flow"`` (4 flowjax affine coupling layers, RealNVP, or one masked
+            autoregressive layer for a single scalar; needs the ``flows`` extra) or any unconditional flowjax distribution over the ``n`` flattened free
             scalars (e.g. ``flowjax.flows.coupling_flow(...)``).
         steps: optimiser steps; ``num_particles`` draws per ELBO estimate.
         optimizer: an optax transformation (default: Adam, gradients clipped, learning rate
