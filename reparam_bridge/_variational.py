@@ -247,8 +247,9 @@ def variational(
         key: PRNG key for the guide's initialisation, the ELBO draws and PSIS.
         guide: ``"meanfield"`` (diagonal Gaussian), ``"fullrank"`` (Gaussian with a Cholesky
             factor), ``"flow"`` (4 flowjax affine coupling layers, RealNVP, or one masked
-            autoregressive layer for a single scalar; needs the ``flows`` extra) or any unconditional flowjax distribution over the ``n`` flattened free
-            scalars (e.g. ``flowjax.flows.coupling_flow(...)``).
+            autoregressive layer for a single scalar; needs the ``flows`` extra) or any
+            unconditional flowjax distribution over the ``n`` flattened free scalars (e.g.
+            ``flowjax.flows.coupling_flow(...)``).
         steps: optimiser steps; ``num_particles`` draws per ELBO estimate.
         optimizer: an optax transformation (default: Adam, gradients clipped, learning rate
             ``learning_rate`` (2e-2 for Gaussians, 5e-3 for flows) decaying by a cosine to 1/20).
