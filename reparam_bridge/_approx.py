@@ -65,6 +65,16 @@ class Approximation(eqx.Module):
         """Flat unconstrained draws, shaped ``(num_chains, num_draws, n)``."""
         return self._unconstrained(key, (num_chains, num_draws))[0]
 
+    def resampled_flat(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> Float[Array, "chain draw n"]:
+        """Flat draws of the *posterior*, shaped ``(num_chains, num_draws, n)``: the PSIS
+        draws ``pool`` resampled with their weights where the approximation kept them, else
+        :meth:`draws_flat`."""
+        pool, log_weights = getattr(self, "pool", None), getattr(self, "log_weights", None)
+        if pool is None or log_weights is None or log_weights.shape[0] == 0:
+            return self.draws_flat(key, num_draws, num_chains)
+        idx = jax.random.choice(key, pool.shape[0], (num_chains, num_draws), replace=True, p=jnp.exp(log_weights))
+        return pool[idx]
+
     def _unravel_batched(self, z: Array) -> PyTree:
         unravel = self.unravel
         fn = unravel
@@ -109,8 +119,16 @@ class Approximation(eqx.Module):
         return cov if dense else jnp.diag(cov)
 
     def to_posterior(self, key: PRNGKeyArray, num_samples: int = 1000, num_chains: int = 4):
-        """Its draws as an ``rb.Posterior`` (``draws``, ``to_inference_data``, ``save``), with
-        no MCMC behind it: use it when :attr:`khat` < 0.5 says the approximation is good."""
+        """Draws of the posterior as an ``rb.Posterior`` (``draws``, ``to_inference_data``,
+        ``save``), with no MCMC behind it: use it when :attr:`khat` < 0.5 says the
+        approximation is good.
+
+        Where the approximation kept its PSIS draws (``pool`` and ``log_weights``: Laplace,
+        Pathfinder), these are the pool resampled with the PSIS weights (sampling-importance
+        resampling, as Stan's Pathfinder returns), so they follow the true posterior, not the
+        Gaussian; else ``q``'s own draws. Resampled draws repeat: they carry at most ``ess``
+        (the weights' effective sample size) draws' worth of information, whatever
+        ``num_samples * num_chains`` is and whatever ArviZ's ESS of them says."""
         from ._warmstart import approximation_posterior
 
         return approximation_posterior(self, key, num_samples, num_chains)

@@ -35,7 +35,9 @@ class LaplaceResult(Approximation):
         khat: Pareto k-hat of PSIS with this Gaussian as proposal for the true unconstrained
             density. Below ~0.5 the approximation is good, 0.5-0.7 usable with importance
             weights, above 0.7 unreliable (Vehtari et al., *Pareto smoothed importance sampling*).
-        log_weights: the smoothed, normalised PSIS log-weights of the ``num_psis_draws`` draws.
+        pool: ``(num_psis_draws, n)`` the flat unconstrained draws behind :attr:`khat`.
+        log_weights: their smoothed, normalised PSIS log-weights; :meth:`to_posterior`
+            resamples :attr:`pool` with them.
         ess: importance-sampling effective sample size ``1 / Σ w²`` of those weights.
     """
 
@@ -44,6 +46,7 @@ class LaplaceResult(Approximation):
     precision_cholesky: Float[Array, "n n"]
     names: tuple[str, ...] = eqx.field(static=True)
     khat: float = eqx.field(static=True)
+    pool: Float[Array, "draws n"]
     log_weights: Float[Array, " draws"]
     ess: float = eqx.field(static=True)
 
@@ -122,18 +125,20 @@ def laplace(
         precision_cholesky=chol,
         names=names,
         khat=math.nan,
+        pool=jnp.zeros((0, flat.shape[0]), flat.dtype),
         log_weights=jnp.zeros((0,)),
         ess=math.nan,
     )
     if num_psis_draws:
         key = jax.random.key(0) if key is None else key
-        khat, lw, ess = _psis(result, neg_log_p, args, key, int(num_psis_draws))
+        pool, khat, lw, ess = _psis(result, neg_log_p, args, key, int(num_psis_draws))
         result = LaplaceResult(
             mean=model,
             covariance=covariance,
             precision_cholesky=chol,
             names=names,
             khat=khat,
+            pool=pool,
             log_weights=jnp.asarray(lw),
             ess=ess,
         )
@@ -158,25 +163,27 @@ def _gaussian(hess: Array, grad: Array) -> tuple[Array, Array, Array]:
     return chol, covariance, jnp.abs(covariance @ grad) / jnp.sqrt(jnp.diag(covariance))
 
 
-def _psis(result: LaplaceResult, neg_log_p, args, key, num_draws: int) -> tuple[float, np.ndarray, float]:
+def _psis(result: LaplaceResult, neg_log_p, args, key, num_draws: int) -> tuple[Array, float, np.ndarray, float]:
+    """The draws, k-hat, smoothed log-weights and importance-sampling ESS of PSIS."""
     flat, _ = ravel_pytree(partition(result.mean)[0])
-    log_ratios = np.asarray(_log_ratios(neg_log_p, flat, result.precision_cholesky, key, args, num_draws))
+    pool, log_ratios = _log_ratios(neg_log_p, flat, result.precision_cholesky, key, args, num_draws)
+    log_ratios = np.asarray(log_ratios)
     log_ratios = np.where(np.isfinite(log_ratios), log_ratios, -np.inf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns itself when k-hat is large; we report it
         lw, khat = psislw(log_ratios)
     ess = float(1.0 / np.sum(np.exp(2 * lw)))
-    return khat, lw, ess
+    return pool, khat, lw, ess
 
 
 @eqx.filter_jit  # one program for draws, log q and log p (eagerly: ~10 small compiles, ~2 s)
-def _log_ratios(neg_log_p, flat, chol, key, args, num_draws: int) -> Array:
-    """``log p - log q`` at ``num_draws`` draws of the Gaussian, the same draws as
-    :meth:`LaplaceResult._unconstrained` gives for ``key``; the data is an argument."""
+def _log_ratios(neg_log_p, flat, chol, key, args, num_draws: int) -> tuple[Array, Array]:
+    """``num_draws`` draws of the Gaussian (the same as :meth:`LaplaceResult._unconstrained`
+    gives for ``key``) and ``log p - log q`` at them; the data is an argument."""
     n = flat.shape[0]
     z, eps = _gaussian_draws(flat, chol, key, (num_draws,))
     log_q = -0.5 * jnp.sum(eps**2, axis=-1) + jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * n * jnp.log(2 * jnp.pi)
-    return -jax.vmap(neg_log_p, in_axes=(0, None))(z, args) - log_q
+    return z, -jax.vmap(neg_log_p, in_axes=(0, None))(z, args) - log_q
 
 
 def _not_pd_message(hess: np.ndarray, names: tuple[str, ...]) -> str:

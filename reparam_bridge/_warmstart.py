@@ -142,6 +142,6 @@ def approximation_posterior(approx: Approximation, key: PRNGKeyArray, num_sample
     from ._posterior import Posterior
 
     static = partition(approx.mean)[1]
-    samples = approx._unravel_batched(approx.draws_flat(key, num_samples, num_chains))
+    samples = approx._unravel_batched(approx.resampled_flat(key, num_samples, num_chains))
     samples = eqx.filter(samples, eqx.is_array)
     return Posterior(approx.mean, static, samples, {})
