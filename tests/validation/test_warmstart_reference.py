@@ -1,7 +1,8 @@
 """The seeded path (approximation -> rb.sample(init=approx) at the seeded default warmup)
 reproduces posteriordb reference posteriors: the checks of test_posteriordb (means within
 5 MCSE, sds within 10 %, r-hat < 1.01, divergences at most 1 %). Slow (about 1.5 minutes on 2
-shared cores): one Laplace-seeded and one Pathfinder-seeded posterior."""
+shared cores): one Laplace-seeded and one Pathfinder-seeded posterior. Where k-hat < 0.5 the
+approximation's own PSIS-resampled draws (``approx.to_posterior``, no MCMC) reproduce them too."""
 
 import warnings
 
@@ -56,3 +57,22 @@ def test_seeded_path_reproduces_reference(name, approx):
         values = reference_draws(case, post.draws, data, list(posterior["reference"]))
     failures = check_draws(values, posterior["reference"]) + check_divergences(post)
     assert not failures, f"{name} ({approx}):\n  " + "\n  ".join(failures)
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["kidiq-kidscore_momiq", "arma-arma11"])
+def test_offered_draws_reproduce_reference(name):
+    # the draws rb.sample's GoodApproximationWarning offers: Laplace's PSIS draws, resampled
+    case, posterior = CASES[name], load(name)
+    with jax.enable_x64(case.x64):
+        data = case.data(posterior["data"])
+        q = rb.laplace(
+            case.init(data), case.log_joint, data, key=jax.random.key(0), num_psis_draws=4000, progress_bar=False
+        )
+        assert q.khat < 0.5, q.khat
+        post = q.to_posterior(jax.random.key(1), num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS)
+        values = reference_draws(case, post.draws, data, list(posterior["reference"]))
+    n = NUM_SAMPLES * NUM_CHAINS
+    cap = 1 / (1 / q.ess + 1 / n)  # importance sampling, then resampling n draws
+    failures = check_draws(values, posterior["reference"], ess_cap=cap)
+    assert not failures, f"{name} (offered draws, IS ESS {q.ess:.0f}):\n  " + "\n  ".join(failures)
