@@ -46,7 +46,7 @@ from ._posteriors import CASES, data_and_model
 
 warnings.filterwarnings("ignore")
 NUM_WARMUP, NUM_SAMPLES, NUM_CHAINS = 1000, 1000, 4
-GOOD_KHAT, OFFER_PSIS_DRAWS = 0.5, 4000
+GOOD_KHAT, OFFER_PSIS_DRAWS = 0.5, 10_000
 
 
 def _az():
@@ -107,8 +107,10 @@ def native_model(model, log_joint, data):
 
 def run_bridge(case, seed, approx_kind, num_warmup=None, offer=False):
     """``offer``: where the approximation's k-hat is below 0.5, its PSIS-resampled draws are the
-    result (``approx.to_posterior``, no MCMC; Laplace with 4,000 PSIS draws), as ``rb.sample``'s
-    warning suggests; their effective draws are capped by the weights' ESS."""
+    result (``approx.to_posterior``, no MCMC; Laplace with ``OFFER_PSIS_DRAWS`` PSIS draws), as
+    ``rb.sample``'s warning suggests. Their effective draws are capped at
+    ``1 / (1 / ESS_IS + 1 / N)``: the variance of a mean of ``N`` draws resampled from weighted
+    draws is that of importance sampling plus that of the resampling."""
     model, data = data_and_model(case)
     t0 = time.perf_counter()
     key = jax.random.key(seed)
@@ -119,7 +121,8 @@ def run_bridge(case, seed, approx_kind, num_warmup=None, offer=False):
         approx = rb.laplace(model, case.log_joint, data, progress_bar=False, key=key, **psis)
     if offer and approx.khat < GOOD_KHAT:
         idata = approx.to_posterior(key, NUM_SAMPLES, NUM_CHAINS).to_inference_data()
-        return time.perf_counter() - t0, idata, {"khat": float(approx.khat), "is_ess": float(approx.ess)}
+        cap = 1 / (1 / approx.ess + 1 / (NUM_SAMPLES * NUM_CHAINS))
+        return time.perf_counter() - t0, idata, {"khat": float(approx.khat), "is_ess": float(approx.ess), "cap": cap}
     post = rb.sample(
         model,
         case.log_joint,
@@ -213,8 +216,8 @@ def child(name: str, repeats: int, seed: int, approx_kind: str, warmups=None, si
                 secs, idata, extra = runners[k](seed + r)
                 cpu = time.process_time() - c0  # all threads: the work done, robust to other jobs
                 ess, rhat = min_ess_max_rhat(idata)
-                ess = min(ess, extra.get("is_ess", np.inf))
-                summaries.setdefault(k, []).append(moments(idata, extra.get("is_ess", np.inf)))
+                ess = min(ess, extra.get("cap", np.inf))
+                summaries.setdefault(k, []).append(moments(idata, extra.get("cap", np.inf)))
                 per400 = secs * 400 / ess if rhat <= 1.01 else float("inf")
                 cpu400 = cpu * 400 / ess if rhat <= 1.01 else float("inf")
                 out[k].append(
@@ -326,7 +329,8 @@ def format_row(res: dict) -> str:
     )
     khat = _median([x.get("khat", float("nan")) for x in res["bridge"]])
     if any("is_ess" in x for x in res["bridge"]):
-        detail += f"; draws offered (IS ESS {_median([x['is_ess'] for x in res['bridge'] if 'is_ess' in x]):.0f})"
+        is_ess = _median([x["is_ess"] for x in res["bridge"] if "is_ess" in x])
+        detail += f"; draws offered (IS ESS {is_ess:.0f} of {OFFER_PSIS_DRAWS})"
     if any("max_z_vs_native" in x for x in res["bridge"]):
         detail += f"; max |z| vs native {max(x['max_z_vs_native'] for x in res['bridge']):.1f}"
     more = "".join(f" {k}: {_median([x['per400'] for x in res[k]]):.2f}" for k in extra)

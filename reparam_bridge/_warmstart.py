@@ -37,6 +37,8 @@ DEFAULT_NUM_WARMUP = 1000
 
 # k-hat below which the approximation is itself a posterior (Vehtari et al. 2024, PSIS).
 GOOD_KHAT = 0.5
+# k-hat above which importance sampling with the approximation is unreliable (same reference).
+USABLE_KHAT = 0.7
 
 
 class GoodApproximationWarning(UserWarning):
@@ -139,8 +141,18 @@ def seed(
 def approximation_posterior(approx: Approximation, key: PRNGKeyArray, num_samples: int, num_chains: int):
     """An ``rb.Posterior`` holding ``num_chains x num_samples`` draws of ``approx`` (no MCMC:
     no ``sample_stats``, ``mcmc`` is ``None``)."""
+    from ._checks import ReliabilityWarning
     from ._posterior import Posterior
 
+    if not approx.khat < USABLE_KHAT:  # nan too: nothing says these draws are the posterior
+        said = "was not computed" if np.isnan(approx.khat) else f"is {approx.khat:.2f} >= {USABLE_KHAT}"
+        warnings.warn(
+            f"{type(approx).__name__}.to_posterior: its PSIS k-hat {said}, so these draws may be far from "
+            "the posterior (PSIS cannot correct them reliably). Sample it instead: "
+            "rb.sample(model, log_joint, *args, key=key, init=approx).",
+            ReliabilityWarning,
+            stacklevel=3,
+        )
     static = partition(approx.mean)[1]
     samples = approx._unravel_batched(approx.resampled_flat(key, num_samples, num_chains))
     samples = eqx.filter(samples, eqx.is_array)

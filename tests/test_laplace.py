@@ -50,6 +50,15 @@ def test_khat_large_on_skewed_posterior():
     approx = laplace(model, lambda m, y: dist.Normal(0.0, m["s"]).log_prob(y).sum(), y, progress_bar=False)
     assert approx.khat > 0.7, approx.khat
     assert approx.ess < 100
+    # its draws are offered as a posterior only with a warning that says to sample instead
+    with pytest.warns(rb.ReliabilityWarning, match=r"k-hat is \d\.\d\d >= 0\.7.*init=approx"):
+        post = approx.to_posterior(jax.random.key(1), num_samples=10, num_chains=1)
+    assert post.draws["s"].shape == (1, 10, d)
+    unchecked = laplace(
+        model, lambda m, y: dist.Normal(0.0, m["s"]).log_prob(y).sum(), y, num_psis_draws=0, progress_bar=False
+    )
+    with pytest.warns(rb.ReliabilityWarning, match="k-hat was not computed"):
+        unchecked.to_posterior(jax.random.key(1), num_samples=10, num_chains=1)
 
 
 def test_not_positive_definite_names_parameters():
