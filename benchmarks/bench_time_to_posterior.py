@@ -122,7 +122,7 @@ def run_bridge(case, seed, approx_kind, num_warmup=None, offer=None):
         psis = {"num_psis_draws": OFFER_PSIS_DRAWS} if offer is not None else {}
         approx = rb.laplace(model, case.log_joint, data, progress_bar=False, key=key, **psis)
     if offer is not None and approx.khat < offer:
-        idata = approx.to_posterior(key, NUM_SAMPLES, NUM_CHAINS).to_inference_data()
+        idata = approx.to_posterior(jax.random.fold_in(key, 1), NUM_SAMPLES, NUM_CHAINS).to_inference_data()
         cap = 1 / (1 / approx.ess + 1 / (NUM_SAMPLES * NUM_CHAINS))
         return time.perf_counter() - t0, idata, {"khat": float(approx.khat), "is_ess": float(approx.ess), "cap": cap}
     post = rb.sample(

@@ -72,6 +72,9 @@ class Approximation(eqx.Module):
         pool, log_weights = getattr(self, "pool", None), getattr(self, "log_weights", None)
         if pool is None or log_weights is None or log_weights.shape[0] == 0:
             return self.draws_flat(key, num_draws, num_chains)
+        # folded: a user who passes rb.laplace's key here too must not resample with the very
+        # bits that drew the pool (the index would track the pool's noise)
+        key = jax.random.fold_in(key, 1)
         idx = jax.random.choice(key, pool.shape[0], (num_chains, num_draws), replace=True, p=jnp.exp(log_weights))
         return pool[idx]
 

@@ -147,7 +147,9 @@ class VariationalResult(Approximation):
         names: one label per coordinate, e.g. ``"tau.unconstrained"``.
         khat: Pareto k-hat of PSIS with ``q`` as proposal for the true density (``nan`` if
             skipped): below ~0.5 ``q`` is good, above 0.7 unreliable.
-        log_weights: smoothed, normalised PSIS log-weights of the ``num_psis_draws`` draws.
+        pool: ``(num_psis_draws, n)`` the flat draws of ``q`` behind :attr:`khat`.
+        log_weights: their smoothed, normalised PSIS log-weights; :meth:`to_posterior`
+            resamples :attr:`pool` with them.
         ess: importance-sampling ESS ``1 / Σ w²`` of those weights.
         guide: the fitted guide (``MeanField``, ``FullRank`` or ``Flow`` around a flowjax
             distribution), with ``sample(key, shape)`` and ``log_prob(z)`` over flat coordinates.
@@ -158,6 +160,7 @@ class VariationalResult(Approximation):
     covariance: Float[Array, "n n"]
     names: tuple[str, ...] = eqx.field(static=True)
     khat: float = eqx.field(static=True)
+    pool: Float[Array, "draws n"]
     log_weights: Float[Array, " draws"]
     ess: float = eqx.field(static=True)
     guide: Any
@@ -204,6 +207,7 @@ def build_result(
     k_mom, k_psis = jax.random.split(key)
     mean, cov = guide.moments(k_mom)
     khat, lw, ess = math.nan, jnp.zeros((0,)), math.nan
+    z = jnp.zeros((0, mean.shape[-1]), mean.dtype)
     if num_psis_draws:
         z = guide.sample(k_psis, (int(num_psis_draws),))
         log_ratios = np.asarray(jax.jit(jax.vmap(log_p))(z) - guide.log_prob(z), dtype=np.float64)
@@ -216,6 +220,7 @@ def build_result(
         covariance=cov,
         names=names,
         khat=float(khat),
+        pool=z,
         log_weights=lw,
         ess=ess,
         guide=guide,

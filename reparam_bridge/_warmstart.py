@@ -37,8 +37,12 @@ DEFAULT_NUM_WARMUP = 1000
 
 # k-hat below which the approximation is itself a posterior (Vehtari et al. 2024, PSIS).
 GOOD_KHAT = 0.5
-# k-hat above which importance sampling with the approximation is unreliable (same reference).
-USABLE_KHAT = 0.7
+
+
+def usable_khat(num_draws: int) -> float:
+    """k-hat above which PSIS with ``num_draws`` draws is unreliable: ``min(1 - 1/log10(S), 0.7)``
+    (Vehtari et al. 2024, PSIS, section 3), e.g. 0.67 for 1,000 draws, 0.7 from 2,200 on."""
+    return min(1.0 - 1.0 / math.log10(max(num_draws, 11)), 0.7)
 
 
 class GoodApproximationWarning(UserWarning):
@@ -120,7 +124,7 @@ def seed(
         warnings.warn(
             f"rb.sample: the {what} passed as init= is already good (PSIS k-hat {init.khat:.2f} < "
             f"{GOOD_KHAT}): its draws are a usable posterior without MCMC, e.g. "
-            "approx.to_posterior(key, num_samples, num_chains) or approx.to_inference_data(key). "
+            "approx.to_posterior(key, num_samples, num_chains) (then .to_inference_data()). "
             "Sampling anyway, warm-started from it.",
             GoodApproximationWarning,
             stacklevel=3,
@@ -144,8 +148,11 @@ def approximation_posterior(approx: Approximation, key: PRNGKeyArray, num_sample
     from ._checks import ReliabilityWarning
     from ._posterior import Posterior
 
-    if not approx.khat < USABLE_KHAT:  # nan too: nothing says these draws are the posterior
-        said = "was not computed" if np.isnan(approx.khat) else f"is {approx.khat:.2f} >= {USABLE_KHAT}"
+    num_draws = int(getattr(approx, "log_weights", np.zeros(0)).shape[0])
+    bound = usable_khat(num_draws)
+    if not approx.khat < bound:  # nan too: nothing says these draws are the posterior
+        said = f"is {approx.khat:.2f} >= {bound:.2f}" if not np.isnan(approx.khat) else "is nan"
+        said = "was not computed" if num_draws == 0 else said
         warnings.warn(
             f"{type(approx).__name__}.to_posterior: its PSIS k-hat {said}, so these draws may be far from "
             "the posterior (PSIS cannot correct them reliably). Sample it instead: "

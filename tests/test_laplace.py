@@ -51,7 +51,7 @@ def test_khat_large_on_skewed_posterior():
     assert approx.khat > 0.7, approx.khat
     assert approx.ess < 100
     # its draws are offered as a posterior only with a warning that says to sample instead
-    with pytest.warns(rb.ReliabilityWarning, match=r"k-hat is \d\.\d\d >= 0\.7.*init=approx"):
+    with pytest.warns(rb.ReliabilityWarning, match=r"k-hat is \d\.\d\d >= 0\.67.*init=approx"):
         post = approx.to_posterior(jax.random.key(1), num_samples=10, num_chains=1)
     assert post.draws["s"].shape == (1, 10, d)
     unchecked = laplace(
@@ -120,7 +120,7 @@ def test_optimize_false_warns_off_mode_and_refuses_constraints():
 def test_to_posterior_resamples_with_the_psis_weights():
     # rate | y ~ Gamma(1 + sum y, 1 + n) exactly; the Laplace Gaussian in log(rate) is skewed
     # away from it (its mean of rate is 1.62 against 1.5), yet good enough for PSIS (k-hat
-    # 0.48 measured): the resampled draws must follow the exact posterior, q's own must not.
+    # 0.35-0.67 over keys 0-3): the resampled draws must follow the exact posterior, q's own must not.
     y = jnp.array([5.0, 0.0, 0.0])
     alpha, beta = 1.0 + float(y.sum()), 1.0 + len(y)
     model = {"rate": rb.Positive(1.0, prior=dist.Gamma(1.0, 1.0))}
@@ -132,7 +132,7 @@ def test_to_posterior_resamples_with_the_psis_weights():
         num_psis_draws=4000,
         progress_bar=False,
     )
-    assert approx.pool.shape == (4000, 1) and approx.khat < 0.5
+    assert approx.pool.shape == (4000, 1) and approx.khat < 0.7  # PSIS's bound for 4,000 draws
     post = approx.to_posterior(jax.random.key(1), num_samples=1000, num_chains=4)
     rate = np.asarray(post.draws["rate"], np.float64)
     assert rate.shape == (4, 1000)
