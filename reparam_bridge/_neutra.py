@@ -18,9 +18,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from . import _checks
 from ._bijectors.base import Bijector
 from ._density import log_det_jacobian, log_prior, partition
 from ._guides import Flow, default_flow, import_flowjax, make_guide
+from ._neutra_tune import fine_tune as tune
+from ._neutra_tune import skip_flow
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names
 from ._variational import _default_optimizer, build_result, fit_elbo, flat_log_density
@@ -119,6 +122,7 @@ def neutra(
     num_psis_draws: int = 1000,
     progress_bar: bool = True,
     return_approximation: bool = False,
+    fine_tune: int = 0,
 ) -> NeuTra:
     """Precondition ``model`` with a normalising flow trained by VI (NeuTra): returns a model
     whose free arrays are the flow's base coordinates, for ``rb.sample``.
@@ -140,6 +144,10 @@ def neutra(
         return_approximation: also return the ``VariationalResult`` (``.khat``: below ~0.7 the
             flow is good enough that NUTS in ``b`` mixes well).
         init_scale: the default flow starts as ``N(current values, init_scale² I)``.
+        fine_tune: after the ELBO, this many steps of a fine-tune that flattens the flow's
+            tails (``reparam_bridge/_neutra_tune.py``), and with ``flow=None`` a flow built for
+            it (8 coupling layers with a linear skip). For funnels: 16,000 took centred eight
+            schools from 82-149 divergent transitions in 4,000 to ~4, at ~25 s on one CPU core.
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist
@@ -160,8 +168,14 @@ def neutra(
     what = "rb.geometry.neutra"
     import_flowjax()
     flat, unravel, static, log_p = flat_log_density(log_joint, model, args, what)
+    fine_tune = _checks.check_int("fine_tune", fine_tune, what, minimum=0)
     k_init, k_fit, k_diag = jax.random.split(key, 3)
-    q = Flow(default_flow(k_init, flat, init_scale)) if flow is None else make_guide(flow, flat, k_init, init_scale)
+    if flow is None and fine_tune:
+        q = Flow(skip_flow(jax.random.fold_in(key, 1), flat, init_scale))
+    elif flow is None:
+        q = Flow(default_flow(k_init, flat, init_scale))
+    else:
+        q = make_guide(flow, flat, k_init, init_scale)
     if not isinstance(q, Flow):
         raise TypeError(f"{what}: flow must be None or a flowjax distribution, got {type(flow).__name__}.")
     losses = jnp.zeros((0,))
@@ -177,6 +191,10 @@ def neutra(
             num_particles=num_particles,
             progress_bar=progress_bar,
             what=what,
+        )
+    if fine_tune:
+        q = Flow(
+            tune(q.dist, log_p, jax.random.fold_in(key, 99), steps=fine_tune, progress_bar=progress_bar, what=what)
         )
     names = tuple(coordinate_names(partition(model)[0]))
     out = neutra_model(q.dist, static, unravel, names)
