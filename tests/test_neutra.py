@@ -130,15 +130,19 @@ def test_fine_tune_flattens_the_flows_tails():
     model = Funnel(rb.Real(0.0), rb.Real(jnp.zeros(2)))
     b = 2.0 * jax.random.normal(jax.random.key(5), (256, 3))
 
-    def drop(fine_tune):
+    def residuals(fine_tune):  # at b (the tails) and at b / 2 (the typical set, N(0, I))
         pre = rb.geometry.neutra(
             model, funnel, key=jax.random.key(0), steps=500, fine_tune=fine_tune, progress_bar=False
         )
-        r = jax.vmap(lambda x: rb.log_density(funnel, pre.with_base(x)) + 0.5 * jnp.sum(x**2))(b)
-        return float(jnp.median(r) - jnp.percentile(r, 1.0))
+        r = jax.vmap(lambda x: rb.log_density(funnel, pre.with_base(x)) + 0.5 * jnp.sum(x**2))
+        return r(b), r(b / 2)
 
-    before, after = drop(1), drop(1500)
-    assert after < 0.1 * before, (before, after)
+    (wall_before, core_before), (wall_after, core_after) = residuals(1), residuals(1500)
+    drop = lambda r: float(jnp.median(r) - jnp.percentile(r, 1.0))  # noqa: E731
+    assert drop(wall_after) < 0.1 * drop(wall_before), (drop(wall_before), drop(wall_after))
+    # and not at the expense of the typical set: r's spread there must not grow
+    spread = lambda r: float(jnp.subtract(*jnp.percentile(r, jnp.array([95.0, 5.0]))))  # noqa: E731
+    assert spread(core_after) < spread(core_before), (spread(core_before), spread(core_after))
     with pytest.raises(ValueError, match="fine_tune must be an int >= 0"):
         rb.geometry.neutra(model, funnel, key=jax.random.key(0), fine_tune=-1)
 
@@ -181,8 +185,9 @@ def test_neutra_on_neals_funnel():
 @pytest.mark.slow
 def test_neutra_on_centred_eight_schools():
     # The ELBO alone leaves a wall in the flow's tails (2x, 82-149 divergent on flow seeds 0-2);
-    # the tail fine-tune: 11-22x with 1-5 divergent on seeds 0-2 and NUTS keys 7-8 (seed 3 once
-    # 2.1x, so not every seed meets 5x; Neal's funnel at flow seed 0 232x / 1 divergent).
+    # with the tail fine-tune, here 24.4x and 3 divergent (measured). A helper's runs on an
+    # earlier key layout: 11-22x with 1-5 divergent on seeds 0-2 and NUTS keys 7-8, but seed 3
+    # once 2.1x, so not every seed meets 5x; Neal's funnel at flow seed 0 232x / 1 divergent.
     model = centred_schools()
     pre = rb.geometry.neutra(
         model, schools_log_joint, Y, SIGMA, key=jax.random.key(0), progress_bar=False, fine_tune=16_000
