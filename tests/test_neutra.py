@@ -121,6 +121,15 @@ def test_neutra_rejects_bad_flows():
         )
     with pytest.raises(TypeError, match="flow must be"):
         rb.geometry.neutra({"x": rb.Real(jnp.zeros(2))}, lambda m: 0.0, key=jax.random.key(0), flow="meanfield")
+    with pytest.raises(ValueError, match="fine_tune needs a flow whose base is flowjax's StandardNormal, got Normal"):
+        rb.geometry.neutra(  # the tune works on the bijection: a trained Normal base would be left out
+            {"x": rb.Real(jnp.zeros(2))},
+            lambda m: 0.0,
+            key=jax.random.key(0),
+            flow=random_flow(jax.random.key(0), 2),
+            steps=0,
+            fine_tune=10,
+        )
 
 
 def test_fine_tune_flattens_the_flows_tails():
