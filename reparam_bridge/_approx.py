@@ -127,7 +127,7 @@ class Approximation(eqx.Module):
         approximation is good.
 
         Where the approximation kept its PSIS draws (``pool`` and ``log_weights``: Laplace,
-        Pathfinder), these are the pool resampled with the PSIS weights (sampling-importance
+        Pathfinder and variational fits), these are the pool resampled with the PSIS weights (sampling-importance
         resampling, as Stan's Pathfinder returns), so they follow the true posterior, not the
         Gaussian; else ``q``'s own draws. Resampled draws repeat: they carry at most ``ess``
         (the weights' effective sample size) draws' worth of information, whatever
