@@ -180,7 +180,7 @@ def neutra(
         q = make_guide(flow, flat, k_init, init_scale)
     if not isinstance(q, Flow):
         raise TypeError(f"{what}: flow must be None or a flowjax distribution, got {type(flow).__name__}.")
-    if fine_tune and type(q.dist.base_dist).__name__ != "StandardNormal":
+    if fine_tune and not isinstance(q.dist.base_dist, import_flowjax().distributions.StandardNormal):
         # the fine-tune works on the bijection alone; a trained Normal base would be left out of it
         raise ValueError(
             f"{what}: fine_tune needs a flow whose base is flowjax's StandardNormal, got "
