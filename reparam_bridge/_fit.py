@@ -26,19 +26,19 @@ from ._constraint import contains_constraints
 from ._convergence import Movement, Tolerance, leaf_names, report
 from ._density import partition
 from ._fitloop import (
-    SECONDS_PER_STEP,
     Info,
     Loop,
     Plan,
+    Spec,
     batch_size_of,
     constant,
+    context,
     diagnose,
     get_batch,
-    init_state,
-    run_chunk,
+    run,
 )
 from ._sharded import auto_axes
-from ._tree import unwrap
+from ._tree import free_mask, unwrap
 
 
 class FitResult(eqx.Module):
@@ -109,13 +109,14 @@ def _fit(
     rtol=None,
     warn=None,
     checked=None,
+    flat=None,
 ) -> FitResult:
-    # checked: (contains_constraints(model),) when the caller has run the pre-flight checks
+    # checked: (contains_constraints(model),) when the caller has run the pre-flight checks;
+    # flat: _checks.flat_signature((model, args)) when the caller has it (one flatten a call)
     steps = _checks.check_int("steps", steps, what, minimum=0)
-    model, args = auto_axes((model, args))
     tolerance = Tolerance.of(tol, rtol, what)
+    leaves, treedef, sig = _checks.flat_signature((model, args)) if flat is None else flat
     if checked is None:
-        sig = _checks.tree_signature(model)
 
         def checks() -> bool:  # of the model alone: once per signature
             _checks.preflight(model, what, density=what.startswith("map_estimate"))
@@ -128,9 +129,6 @@ def _fit(
     if key is not None:
         _checks.check_key(key, what)
     optimizer = _default_adam() if optimizer is None else optimizer
-    params, static = partition(model)
-    if not jax.tree_util.tree_leaves(params):
-        raise ValueError(f"{what}: the model has no free arrays to optimise (everything is static or rb.NonTrainable).")
     n_data = 0
     if batch_size is not None:
         if key is None:
@@ -141,22 +139,20 @@ def _fit(
         batch_size = int(batch_size)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"{what}: chunk_size must be >= 1, got {chunk_size}.")
-    steps = int(steps)
-    loop = Loop(objective, optimizer, batch_size, n_data, constrained)
+    spec = _spec(Loop(objective, optimizer, batch_size, n_data, constrained), leaves, treedef, sig, model)
+    if not spec.free:
+        raise ValueError(f"{what}: the model has no free arrays to optimise (everything is static or rb.NonTrainable).")
+    arrays = spec.arrays(auto_axes(leaves))
+    origin = [arrays[k] for k in spec.free]
     if opt_state is None:
-        opt_state = init_state(optimizer, params)
+        state, state_def = spec.initial_state(origin, lambda: partition(spec.model(arrays))[0])
+    else:
+        state, state_def = jax.tree_util.tree_flatten(opt_state)
     losses = constant(0.0, np.float64 if jax.config.jax_enable_x64 else np.float32, (steps,))
-    timing_key = (
-        loop,
-        jax.tree_util.tree_structure(params),
-        steps,
-        tuple(map(jnp.shape, jax.tree_util.tree_leaves(args))),
-    )
     # with a tolerance, chunk ends are where the loop may stop early
-    plan = Plan(steps, chunk_size, progress_bar or tolerance.active, SECONDS_PER_STEP.get(timing_key))
+    plan = Plan(steps, chunk_size, progress_bar or tolerance.active, spec.seconds_per_step.get(steps))
 
-    start_params, info, host_losses, names = params, None, losses, None
-    bar = None
+    info, bar = None, None
     if progress_bar and steps and not plan.short():
         from tqdm.auto import tqdm
 
@@ -166,18 +162,14 @@ def _fit(
         while start < steps:
             stop = plan.next_stop(start)
             t0 = time.perf_counter()
+            chunk = (arrays, state, losses, constant(start, np.int32))
+
+            def replay(k, chunk=chunk):  # the same compiled loop, stopped at step k
+                return Info.of(np.asarray(run(spec, state_def, *chunk, np.int32(k), key, origin)[4]), steps, k)
+
             try:
-                new_params, new_opt_state, new_losses, first_bad, info = run_chunk(
-                    loop,
-                    static,
-                    params,
-                    opt_state,
-                    losses,
-                    constant(start, np.int32),
-                    constant(stop, np.int32),
-                    key,
-                    args,
-                    start_params,
+                new_free, new_state, new_losses, first_bad, info = run(
+                    spec, state_def, *chunk, constant(stop, np.int32), key, origin
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
                 if "scalar" in str(e):
@@ -188,56 +180,73 @@ def _fit(
                 raise
             # host work that needs no result runs here, while the chunk computes: after it, the
             # same Python runs 3-5x slower for a while (measured; cold caches after XLA's work)
-            model = eqx.combine(new_params, static)
-            if names is None:
-                names = leaf_names(start_params)
+            new_arrays = spec.with_free(arrays, new_free)
             # one transfer for everything the host needs (each separate read is a sync)
-            first_bad, info, host_losses = jax.device_get((first_bad, info, new_losses))
-            first_bad, info = int(first_bad), Info.of(info)
+            first_bad, info = jax.device_get((first_bad, info))
+            first_bad, info = int(first_bad), Info.of(info, steps, stop)
             if first_bad >= 0:
-                raise ValueError(
-                    diagnose(loop, static, params, opt_state, new_losses, start, first_bad, key, args, what)
-                )
+                raise ValueError(diagnose(replay, first_bad, spec.names, what))
             plan.record(start, stop, time.perf_counter() - t0)
-            params, opt_state, losses = new_params, new_opt_state, new_losses
+            arrays, state, losses = new_arrays, new_state, new_losses
             if bar is not None:
                 bar.update(stop - start)
-                bar.set_postfix(loss=f"{float(host_losses[stop - 1]):.6g}", refresh=False)
+                bar.set_postfix(loss=f"{float(info.losses[-1]):.6g}", refresh=False)
             start = stop
-            if tolerance.active and tolerance.met(host_losses[:stop], info.final_gnorm):
+            if tolerance.active and tolerance.met(info.losses, info.final_gnorm):
                 break
     finally:
         if bar is not None:
             bar.close()
     if plan.per_step is not None:
-        SECONDS_PER_STEP[timing_key] = plan.per_step
-    done = host_losses[:start]  # stopped early: the steps run
-    losses = losses if 0 < start == steps else jnp.asarray(done)  # a device array already, or the steps run
+        spec.seconds_per_step[steps] = plan.per_step
     warn = tolerance.active if warn is None else warn
-    final_gnorm = float("nan") if info is None else info.final_gnorm
+    opt_state = jax.tree_util.tree_unflatten(state_def, state)
     if info is None:  # no step ran: the state may be a cached constant (init_state); the user gets a copy
         opt_state = jax.tree_util.tree_map(lambda x: jnp.copy(x) if eqx.is_array(x) else x, opt_state)
+        params, static = partition(spec.model(arrays))
+        movement, summary, final_gnorm = Movement.of(params, params), np.zeros(0), float("nan")
+        losses = jnp.zeros((0,), losses.dtype)
+    else:
+        movement, summary, final_gnorm = Movement(spec.names, info.extents), info.losses, info.final_gnorm
+        if start < steps:  # stopped early: the losses of the steps run
+            losses = jnp.asarray(np.asarray(losses)[:start])
 
     def grad_norms():  # on the warning path only: per-leaf gradient norms for the message
         if info is not None:  # computed by the compiled loop (an eager jax.grad here cost ~40 ms)
             return info.leaf_norms
-        batch = get_batch(args, key, jnp.asarray(start), loop.batch_size, loop.n_data)  # steps=0
-        grads = jax.tree_util.tree_leaves(jax.grad(loop.value_fn)(params, static, batch))
+        batch = get_batch(args, key, jnp.asarray(start), spec.loop.batch_size, spec.loop.n_data)  # steps=0
+        grads = jax.tree_util.tree_leaves(jax.grad(spec.loop.value_fn)(params, static, batch))
         return [np.linalg.norm(np.ravel(g)) for g in grads]
 
     converged = report(
         what,
         tolerance,
-        done,
+        summary,
         final_gnorm,
-        Movement.of(start_params, params) if info is None else Movement(names, info.extents),
+        movement,
         grad_norms,
         warn=warn and batch_size is None,
         steps=steps,
     )
-    return FitResult._of(
-        model if info is not None else eqx.combine(params, static), losses, opt_state, converged, final_gnorm
-    )
+    return FitResult._of(spec.model(arrays), losses, opt_state, converged, final_gnorm)
+
+
+_SPECS: dict = {}
+
+
+def _spec(loop: Loop, leaves: list, treedef: Any, sig: Any, model: PyTree) -> Spec:
+    """The :class:`Spec` of this fit, made once per loop, signature and device context (its
+    identity keys the compiled loop, and its timings and initial state)."""
+    key = None if sig is None else (loop, sig, context())
+    spec = None if key is None else _SPECS.get(key)
+    if spec is None:
+        spec = Spec(loop, leaves, treedef, free_mask(model))
+        spec.names = leaf_names(partition(model)[0])
+        if key is not None:
+            if len(_SPECS) >= 32:  # a bound: the keys hold user functions and their closures
+                _SPECS.pop(next(iter(_SPECS)))
+            _SPECS[key] = spec
+    return spec
 
 
 def fit(

@@ -3,6 +3,7 @@
 start and stop steps, the replay that names the step and parameters of a failure, and the
 plan that cuts a run into chunks by time (for the progress bar)."""
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -17,8 +18,6 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from ._constraint import apply
 from ._density import partition
-from ._paths import path_to_str
-from ._util import flat_jit
 
 # ----------------------------------------------------------------------------------------
 # mini-batches
@@ -87,96 +86,169 @@ class Loop(NamedTuple):
         return params, opt_state, value, grads
 
 
-@flat_jit
-def run_chunk(loop: Loop, static, params, opt_state, losses, start, stop, key, args, origin):
-    """Steps ``start`` to ``stop - 1`` (both traced), their losses written into ``losses``.
+class Spec:
+    """Everything static about one fit's inputs, made once per signature: the loop, and the
+    flattened ``(model, args)`` (tree structure, which leaves are arrays, the other leaves'
+    values, which arrays are free). Hashed by identity, so the compiled loop's cache lookup is
+    one pointer hash: the inputs are flattened once per call, where ``eqx.filter_jit`` (or a
+    flatten per argument) would flatten and partition them again (~0.3 ms a call, against 9 ms
+    for 3,000 Adam steps of a small model in ``benchmarks/bench_fit.py``)."""
 
-    The carry is the state, the last gradient and the first step whose gradient was
-    non-finite: more per-step bookkeeping (per-leaf norms, selecting the old state after a
-    failure) costs as much as a whole step of a small model. Failures are found afterwards:
-    the first non-finite loss or gradient of the chunk, or non-finite parameters at its end;
-    :func:`diagnose` replays to say which. Returns ``first_bad``: that step (for a gradient,
-    the step after it), ``stop`` if only the final parameters are bad, or -1; and ``info``,
-    one vector for the host: the gradient's
-    norm at the returned point, then per leaf of ``params`` its norm, then per leaf
-    ``max |origin|``, ``max |params - origin|`` and ``max |params|`` (``origin``: the
-    parameters the run started from), from which the host tells a parameter running away
-    without reading the parameters back."""
+    def __init__(self, loop: Loop, leaves: list, treedef: Any, free_mask: list[bool]):
+        self.loop, self.treedef = loop, treedef
+        self.is_array = tuple(eqx.is_array(x) for x in leaves)
+        self.values = tuple(x for x, a in zip(leaves, self.is_array) if not a)
+        arrays = [i for i, a in enumerate(self.is_array) if a]  # leaf index of each array
+        n_model = len(free_mask)  # the model's leaves come first, then the data's
+        self.free = tuple(k for k, i in enumerate(arrays) if i < n_model and free_mask[i])
+        self.n_model = n_model
+        self.names: list[str] = []  # of the free arrays
+        self.state: Any = None  # (devices, the optimiser's initial state) when it is a constant
+        # seconds per step of each run length seen: a later run is cut into chunks by time
+        # from its first chunk on
+        self.seconds_per_step: dict[int, float] = {}
+
+    def initial_state(self, free: list, params: Callable[[], PyTree]) -> tuple[list, Any]:
+        """The optimiser's initial state for the free arrays ``free`` (``params()``: their
+        tree), flattened; a constant one is kept here for later calls with arrays on the same
+        devices."""
+        where = tuple(getattr(x, "sharding", None) for x in free)
+        if self.state is not None and self.state[0] == where:
+            return self.state[1]
+        state, reusable = init_state(self.loop.optimizer, params())
+        flat = jax.tree_util.tree_flatten(state)
+        self.state = (where, flat) if reusable else None
+        return flat
+
+    def arrays(self, leaves: list) -> list:
+        return [x for x, a in zip(leaves, self.is_array) if a]
+
+    def with_free(self, arrays: list, free: list) -> list:
+        out = list(arrays)
+        for k, x in zip(self.free, free):
+            out[k] = x
+        return out
+
+    def rebuild(self, arrays: list) -> tuple:
+        """``(model, args)`` from the arrays (inside the trace, or on the host)."""
+        arrays_, values = iter(arrays), iter(self.values)
+        leaves = [next(arrays_) if a else next(values) for a in self.is_array]
+        return self.treedef.unflatten(leaves)
+
+    def model(self, arrays: list) -> PyTree:
+        return self.rebuild(arrays)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, stop, key, origin: list):
+    """Steps ``start`` to ``stop - 1`` (both traced) of the fit that ``spec`` describes, from
+    the model and data in ``arrays``; their losses written into ``losses``.
+
+    The carry is the state and the last value and gradient: more per-step bookkeeping costs as
+    much as a whole step of a small model. A step whose gradient is not finite writes a NaN loss
+    (``value + sum(g * 0)``, fused with the write), so the first non-finite loss of the chunk
+    is the first failed step, whatever the optimiser then does with that gradient.
+
+    Returns the free arrays, the state, the losses, ``first_bad`` (that step; ``stop`` if only
+    the final parameters or the gradient there are bad; else -1) and ``info``, one vector for
+    the host (:class:`Info`): at the returned point the gradient's norm and the loss, the
+    first loss and the last few (up to ``stop``), then per free leaf the gradient's norm,
+    ``max |origin|``, ``max |params - origin|`` and ``max |params|`` (``origin``: the free
+    arrays the run started from), from which the host tells a parameter running away without
+    reading the parameters back.
+
+    The optimiser's state comes and goes as its leaves (``state_def``: its tree structure): an
+    optax state holds trees shaped like the model, whose flatten is Python (Equinox), and
+    would run twice per call at dispatch."""
+    model, args = spec.rebuild(arrays)
+    params, static = partition(model)
+    opt_state = jax.tree_util.tree_unflatten(state_def, state)
+    loop = spec.loop
 
     def body(i, carry):
-        params, opt_state, losses, grad_bad, _ = carry
+        params, opt_state, losses, _, _ = carry
         params, opt_state, value, grads = loop.step(params, opt_state, static, args, key, i)
         # sum(g * 0) is 0 if every g is finite, else nan (a sum of g itself could overflow)
-        finite = jnp.isfinite(sum(jnp.sum(g * 0) for g in jax.tree_util.tree_leaves(grads)))
-        grad_bad = jnp.where((grad_bad < 0) & ~finite, i, grad_bad)
+        poison = sum(jnp.sum(g * 0) for g in jax.tree_util.tree_leaves(grads))
         # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
-        losses = jax.lax.dynamic_update_index_in_dim(losses, value.astype(losses.dtype), i, 0)
-        return params, opt_state, losses, grad_bad, grads
+        losses = jax.lax.dynamic_update_index_in_dim(losses, (value + poison).astype(losses.dtype), i, 0)
+        return params, opt_state, losses, value, grads
 
     no_grad = jax.tree_util.tree_map(jnp.zeros_like, params)
-    carry = (params, opt_state, losses, jnp.asarray(-1, start.dtype), no_grad)
+    carry = (params, opt_state, losses, jnp.zeros((), losses.dtype), no_grad)
     carry = jax.lax.fori_loop(start, stop, body, carry)
-    params, opt_state, losses, grad_bad, _ = carry
-    # The gradient at the point returned, so that a NaN there (a degenerate optimum such as a
-    # scale collapsing to 0) is an error, and convergence is judged where we stop: one more
-    # iteration of the same body (JAX reuses its trace: the loss is still traced once), of
-    # which only the gradient is kept.
-    grads = jax.tree_util.tree_leaves(jax.lax.fori_loop(stop, stop + 1, body, carry)[4])
+    params, opt_state, losses, _, _ = carry
+    # The gradient (and loss) at the point returned, so that a NaN there (a degenerate optimum
+    # such as a scale collapsing to 0) is an error, and convergence is judged where we stop: one
+    # more iteration of the same body (JAX reuses its trace: the loss is still traced once), of
+    # which only the value and gradient are kept.
+    _, _, _, final_value, grads = jax.lax.fori_loop(stop, stop + 1, body, carry)
+    grads = jax.tree_util.tree_leaves(grads)
     leaf_norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g)))) for g in grads])  # complex too
     final_gnorm = jnp.sqrt(jnp.sum(jnp.square(leaf_norms)))
     steps = jnp.arange(losses.shape[0], dtype=start.dtype)
     bad_value = ~jnp.isfinite(losses) & (steps >= start) & (steps < stop)
     never = jnp.iinfo(start.dtype).max
-    first_bad = jnp.min(
-        jnp.stack(
-            [
-                jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), never),
-                # a non-finite gradient at step i: diagnose replays to step i (first_bad - 1)
-                jnp.where(grad_bad >= 0, grad_bad + 1, never),
-                jnp.where(_all_finite(params), never, stop),
-                jnp.where(jnp.isfinite(final_gnorm), never, stop + 1),
-            ]
-        ).astype(start.dtype)
+    final_bad = ~(_all_finite(params) & jnp.isfinite(final_gnorm))
+    first_bad = jnp.minimum(
+        jnp.where(jnp.any(bad_value), jnp.argmax(bad_value), never).astype(start.dtype),
+        jnp.where(final_bad, stop, never),
     )
     first_bad = jnp.where(first_bad == never, -1, first_bad)
 
-    def leaf_max(tree):
-        return jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in jax.tree_util.tree_leaves(tree)])
+    def leaf_max(leaves):
+        return jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in leaves])
 
-    moved = jax.tree_util.tree_map(jnp.subtract, params, origin)
-    info = jnp.concatenate([final_gnorm[None], leaf_norms, leaf_max(origin), leaf_max(moved), leaf_max(params)])
-    return params, opt_state, losses, first_bad, info.astype(losses.dtype)
+    free = jax.tree_util.tree_leaves(params)
+    n = min(_TAIL, losses.shape[0])  # the last n losses written (fewer if stop < n: the host cuts)
+    tail = jax.lax.dynamic_slice_in_dim(losses, jnp.clip(stop - n, 0, losses.shape[0] - n), n)
+    head = jnp.stack([final_gnorm, final_value.astype(losses.dtype), losses[0] if losses.shape[0] else 0.0])
+    moved = [a - b for a, b in zip(free, origin)]
+    info = jnp.concatenate(
+        [head.astype(losses.dtype), tail, leaf_norms, leaf_max(origin), leaf_max(moved), leaf_max(free)]
+    )
+    return free, jax.tree_util.tree_leaves(opt_state), losses, first_bad, info.astype(losses.dtype)
+
+
+_TAIL = 5  # losses the host reads after each chunk: enough for every convergence test
 
 
 class Info(NamedTuple):
-    """``run_chunk``'s ``info`` vector, read on the host."""
+    """``run``'s ``info`` vector, read on the host."""
 
     final_gnorm: float
+    final_value: float
+    losses: np.ndarray  # the first loss and the last up to ``_TAIL`` (all of them if that is fewer)
     leaf_norms: np.ndarray  # (leaves,)
     extents: np.ndarray  # (3, leaves): max |origin|, max |moved|, max |end|
 
     @classmethod
-    def of(cls, info: np.ndarray) -> "Info":
-        n = (len(info) - 1) // 4
-        return cls(float(info[0]), info[1 : 1 + n], info[1 + n :].reshape(3, n))
+    def of(cls, info: np.ndarray, n_losses: int, n_steps: int) -> "Info":
+        """``n_losses``: the length of the loss buffer; ``n_steps``: the losses written."""
+        m = min(_TAIL, n_losses)
+        tail = info[3 : 3 + m]
+        losses = tail[:n_steps] if n_steps <= m else np.concatenate([info[2:3], tail])
+        rest = info[3 + m :]
+        n = len(rest) // 4
+        return cls(float(info[0]), float(info[1]), losses, rest[:n], rest[n:].reshape(3, n))
 
 
 _INIT: dict = {}
 
 
-def init_state(optimizer: Any, params):
-    """``optimizer.init(params)``. Most optax states start as constants that do not depend on
-    the parameters' values (Adam's zeros and count, L-BFGS's memory): those are made once per
-    optimizer and parameter shapes and reused (JAX arrays are immutable), which saves a
-    dispatch a call (~0.1-0.25 ms, against 18 ms for 3,000 Adam steps in bench_fit). Other
-    states come from a ``jax.jit`` cached here."""
+def init_state(optimizer: Any, params) -> tuple[Any, bool]:
+    """``(optimizer.init(params), reusable)``. Most optax states start as constants that do
+    not depend on the parameters' values (Adam's zeros and count, L-BFGS's memory): those are
+    made once per optimizer and parameter shapes and reused (``reusable``: JAX arrays are
+    immutable), which saves a dispatch a call (~0.1-0.25 ms, against 9 ms for 3,000 Adam steps
+    in bench_fit). Other states come from a ``jax.jit`` cached here."""
     leaves = jax.tree_util.tree_leaves(params)
     try:
-        key = (optimizer, jax.tree_util.tree_structure(params), _context())
+        key = (optimizer, jax.tree_util.tree_structure(params), context())
         key += tuple((x.shape, x.dtype, getattr(x, "weak_type", False), getattr(x, "sharding", None)) for x in leaves)
         entry = _INIT.get(key)
     except TypeError:  # an unhashable optimizer: compiled per call
-        return jax.jit(optimizer.init)(params)
+        return jax.jit(optimizer.init)(params), False
     if entry is None:
         if len(_INIT) >= 16:
             _INIT.pop(next(iter(_INIT)))
@@ -186,13 +258,13 @@ def init_state(optimizer: Any, params):
         constant = small and not _reads_inputs(jax.make_jaxpr(optimizer.init)(params).jaxpr)
         entry = _INIT[key] = (init, init(params) if constant else None)
     init, state = entry
-    return init(params) if state is None else state
+    return (init(params), False) if state is None else (state, True)
 
 
 _SMALL_BYTES = 1 << 16  # 64 KiB of parameters
 
 
-def _context() -> tuple:
+def context() -> tuple:
     """What decides where a new array goes (a cached one must not outlive it)."""
     mesh = getattr(jax.sharding, "get_abstract_mesh", lambda: None)()
     return (mesh, jax.config.jax_default_device)
@@ -219,7 +291,7 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
     a host-to-device copy per call (~0.05 ms each in bench_fit)."""
     if math.prod(shape) * np.dtype(dtype).itemsize > _SMALL_BYTES:
         return jnp.full(shape, value, dtype)
-    key = (value, np.dtype(dtype), shape, _context())
+    key = (value, np.dtype(dtype), shape, context())
     out = _CONSTANTS.get(key)
     if out is None:
         if len(_CONSTANTS) >= 64:
@@ -228,41 +300,29 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
     return out
 
 
-# Seconds per step of each loop seen in this process, keyed like the compiled loop: the
-# next run of the same loop is cut into chunks by time from its first chunk on.
-SECONDS_PER_STEP: dict = {}
 _CHUNK_SECONDS = 0.25  # bar updates about four times a second
 
 
-def diagnose(loop: Loop, static, params, opt_state, losses, start: int, bad: int, key, args, what: str) -> str:
-    """The error message for a failure found at global step ``bad`` of the chunk that began
-    at ``start`` with ``params``/``opt_state``: replay to step ``bad - 1`` (the same compiled
-    loop, stopped earlier) and look at its gradient."""
-    prev = bad - 1
-    if prev >= start:
-        at, *_ = run_chunk(loop, static, params, opt_state, losses, np.int32(start), np.int32(prev), key, args, params)
-        batch = get_batch(args, key, jnp.asarray(prev), loop.batch_size, loop.n_data)
-        value, grads = jax.value_and_grad(loop.value_fn)(at, static, batch)
-        paths = [
-            path_to_str(path)
-            for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-            if not bool(jnp.all(jnp.isfinite(g)))
-        ]
-        if paths:
-            return (
-                f"{what}: the gradient became non-finite at step {prev} (0-based; loss "
-                f"{float(value)}) for parameter(s) {paths}; no result is returned. Lower the "
-                "learning rate or reparameterise those parameters."
-            )
-    if bad < len(losses) and not np.isfinite(float(losses[bad])):
+def diagnose(replay: Callable[[int], Info], bad: int, names: list[str], what: str) -> str:
+    """The error message for a failure found at global step ``bad``: ``replay(k)`` runs the
+    same compiled loop from the chunk's start to step ``k`` and returns its :class:`Info`,
+    whose loss and per-leaf gradient norms are those at step ``k``'s parameters."""
+    at = replay(bad)
+    if not np.all(np.isfinite(at.extents[2])):
         return (
-            f"{what}: the loss became non-finite ({float(losses[bad])}) at step {bad} "
+            f"{what}: the optimiser made the parameters non-finite at step {bad - 1} (0-based) although "
+            "the loss and gradient were finite; no result is returned. Lower the learning rate."
+        )
+    if not np.isfinite(at.final_value):
+        return (
+            f"{what}: the loss became non-finite ({at.final_value}) at step {bad} "
             "(0-based); no result is returned. Check the data and the initial values, lower the "
             "learning rate, or constrain the parameter that leaves its domain."
         )
+    paths = [name for name, g in zip(names, at.leaf_norms) if not np.isfinite(g)]
     return (
-        f"{what}: the optimiser made the parameters non-finite at step {prev} (0-based) although "
-        "the loss and gradient were finite; no result is returned. Lower the learning rate."
+        f"{what}: the gradient became non-finite at step {bad} (0-based; loss {at.final_value}) for "
+        f"parameter(s) {paths}; no result is returned. Lower the learning rate or reparameterise those parameters."
     )
 
 

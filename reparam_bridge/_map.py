@@ -60,7 +60,8 @@ def map_estimate(
         (0.7788, 1.0)
     """
     _checks.check_callable("log_joint", log_joint, "map_estimate")
-    sig = _checks.tree_signature((model, args))
+    flat = _checks.flat_signature((model, args))
+    sig = flat[2]
 
     def checks() -> bool:  # of the model alone: once per signature
         _checks.preflight(model, "map_estimate", density=True)
@@ -86,6 +87,7 @@ def map_estimate(
         steps=steps,
         what="map_estimate",
         checked=(constrained,),
+        flat=flat,
         **{**_FIT_DEFAULTS, **fit_kwargs},
     )
 

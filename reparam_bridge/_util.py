@@ -29,41 +29,6 @@ def coordinate_names(params: PyTree) -> list[str]:
     return names
 
 
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)  # what eqx.is_array calls an array
-
-
-class flat_jit:  # noqa: N801 (used as a decorator, like eqx.filter_jit)
-    """``eqx.filter_jit``'s contract (every array leaf of the arguments traced, every other
-    leaf static, hashed) at a third of its dispatch cost: one flatten and one ``jax.jit`` call,
-    keyed on the tree structure and the static leaves. Why not ``eqx.filter_jit``: its
-    per-call partition of arguments and outputs costs ~0.6 ms, a twentieth of a 3,000-step
-    Adam fit of a small model (``benchmarks/bench_fit.py``). Outputs must be arrays (or None).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> f = flat_jit(lambda x, n: x * n)
-        >>> f(jnp.ones(2), 3)  # n is static: a new value compiles again
-        Array([3., 3.], dtype=float32)
-    """
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-        self._jitted = jax.jit(self._traced, static_argnums=(0, 1, 2))
-        self.__wrapped__ = fn
-
-    def _traced(self, treedef, mask, values, arrays):
-        arrays, values = iter(arrays), iter(values)
-        leaves = [next(arrays) if is_array else next(values) for is_array in mask]
-        return self.fn(*jax.tree_util.tree_unflatten(treedef, leaves))
-
-    def __call__(self, *args: Any) -> Any:
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        mask = tuple(isinstance(x, _ARRAY_TYPES) for x in leaves)
-        arrays = [x for x, is_array in zip(leaves, mask) if is_array]
-        values = tuple(x for x, is_array in zip(leaves, mask) if not is_array)
-        return self._jitted(treedef, mask, values, arrays)
-
-
 class NegLogDensity(NamedTuple):
     """``-rb.log_density(log_joint, eqx.combine(params, static), *args, jacobian=jacobian)``.
 
