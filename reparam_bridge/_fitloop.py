@@ -146,7 +146,7 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
 
     The carry is the state and the last value and gradient: more per-step bookkeeping costs as
     much as a whole step of a small model. A step whose gradient is not finite writes a NaN loss
-    (``value + sum(g * 0)``, fused with the write), so the first non-finite loss of the chunk
+    (``value + sum(|g| * 0)``, fused with the write), so the first non-finite loss of the chunk
     is the first failed step, whatever the optimiser then does with that gradient.
 
     Returns the free arrays, the state, the losses, ``first_bad`` (that step; ``stop`` if only
@@ -172,8 +172,9 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     def body(i, carry):
         params, opt_state, losses, _, _ = carry
         params, opt_state, value, grads = step(i, params, opt_state)
-        # sum(g * 0) is 0 if every g is finite, else nan (a sum of g itself could overflow)
-        poison = sum(jnp.sum(g * 0) for g in jax.tree_util.tree_leaves(grads))
+        # sum(|g| * 0) is 0 if every g is finite, else nan (a sum of g itself could overflow;
+        # |g|: real also for complex parameters)
+        poison = sum(jnp.sum(jnp.abs(g) * 0) for g in jax.tree_util.tree_leaves(grads))
         # a dynamic_update_slice, updated in place (``.at[i].set`` is a scatter: ~10 % of a small step)
         losses = jax.lax.dynamic_update_index_in_dim(losses, (value + poison).astype(losses.dtype), i, 0)
         return params, opt_state, losses, value, grads
