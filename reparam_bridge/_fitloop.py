@@ -165,13 +165,9 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     opt_state = jax.tree_util.tree_unflatten(state_def, state)
     loop = spec.loop
 
-    # jitted so that the loss is traced once for the loops below, which all call it (a traced
-    # function's jaxpr is cached; XLA inlines the call)
-    step = jax.jit(lambda i, params, opt_state: loop.step(params, opt_state, static, args, key, i))
-
     def body(i, carry):
         params, opt_state, losses, _, _ = carry
-        params, opt_state, value, grads = step(i, params, opt_state)
+        params, opt_state, value, grads = loop.step(params, opt_state, static, args, key, i)
         # sum(|g| * 0) is 0 if every g is finite, else nan (a sum of g itself could overflow;
         # |g|: real also for complex parameters)
         poison = sum(jnp.sum(jnp.abs(g) * 0) for g in jax.tree_util.tree_leaves(grads))
@@ -181,21 +177,12 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
 
     no_grad = jax.tree_util.tree_map(jnp.zeros_like, params)
     carry = (params, opt_state, losses, jnp.zeros((), losses.dtype), no_grad)
-    # Blocks of _BLOCK steps, then the rest: XLA runs a loop whose trip count it knows without
-    # evaluating its condition, which a loop with traced bounds does at every step (~0.1 us,
-    # ~4 % of a small model's step in bench_fit)
-    n_blocks = (stop - start) // _BLOCK
-
-    def block(k, carry):
-        first = start + k * _BLOCK
-        return jax.lax.fori_loop(0, _BLOCK, lambda j, carry: body(first + j, carry), carry)
-
-    carry = jax.lax.fori_loop(0, n_blocks, block, carry)
-    carry = jax.lax.fori_loop(start + n_blocks * _BLOCK, stop, body, carry)
+    carry = jax.lax.fori_loop(start, stop, body, carry)
     params, opt_state, losses, _, _ = carry
     # The gradient (and loss) at the point returned, so that a NaN there (a degenerate optimum
     # such as a scale collapsing to 0) is an error, and convergence is judged where we stop: one
-    # more iteration of the same body, of which only the value and gradient are kept.
+    # more iteration of the same body (JAX reuses its trace: the loss is still traced once), of
+    # which only the value and gradient are kept.
     _, _, _, final_value, grads = jax.lax.fori_loop(stop, stop + 1, body, carry)
     grads = jax.tree_util.tree_leaves(grads)
     leaf_norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g)))) for g in grads])  # complex too
@@ -224,7 +211,6 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     return free, jax.tree_util.tree_leaves(opt_state), losses, first_bad, info.astype(losses.dtype)
 
 
-_BLOCK = 8
 _TAIL = 5  # losses the host reads after each chunk: enough for every convergence test
 
 
