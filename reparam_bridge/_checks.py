@@ -287,7 +287,7 @@ def flat_signature(tree: PyTree) -> tuple[list, Any, Any]:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     try:
         sig = tuple(
-            (jnp.shape(x), x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else (type(x), x) for x in leaves
+            (x.shape, x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else (type(x), x) for x in leaves
         )
         key = (treedef, sig, jax.config.jax_enable_x64)
         hash(key)

@@ -145,7 +145,7 @@ def report(
     grads = [(name, float(g)) for name, g in zip(movement.names, grad_norms())]
     where, degenerate = "", False
     if grads:
-        path, g = max(grads, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
+        path, g = max(grads, key=lambda t: t[1] if math.isfinite(t[1]) else math.inf)
         moved = movement.moved(path)
         if _stalled(losses) and moved > 20.0:
             degenerate = True
@@ -157,7 +157,7 @@ def report(
             )
             # no optimum to return, as for an unbounded objective (and the same on every JAX:
             # whether the gradient has already overflowed to NaN there depends on the trajectory)
-            kind = "is non-finite" if not np.isfinite(g) else "has not vanished"
+            kind = "is non-finite" if not math.isfinite(g) else "has not vanished"
             raise ValueError(f"{what}: the gradient at the returned point {kind} along '{path}'.{where}")
         else:
             where = f" The gradient is largest along '{path}' ({g:.3g})."

@@ -148,9 +148,11 @@ def _fit(
         state, state_def = spec.initial_state(origin, lambda: partition(spec.model(arrays))[0])
     else:
         state, state_def = jax.tree_util.tree_flatten(opt_state)
-    losses = constant(0.0, np.float64 if jax.config.jax_enable_x64 else np.float32, (steps,))
+    losses = constant(0.0, spec.loss_dtype, (steps,))
     # with a tolerance, chunk ends are where the loop may stop early
-    plan = Plan(steps, chunk_size, progress_bar or tolerance.active, spec.seconds_per_step.get(steps))
+    plan = Plan(
+        steps, chunk_size, progress_bar or tolerance.active, spec.seconds_per_step.get(steps), steps in spec.ran
+    )
 
     info, bar = None, None
     if progress_bar and steps and not plan.short():
@@ -199,6 +201,8 @@ def _fit(
             bar.close()
     if plan.per_step is not None:
         spec.seconds_per_step[steps] = plan.per_step
+    if info is not None:
+        spec.ran.add(steps)
     warn = tolerance.active if warn is None else warn
     opt_state = jax.tree_util.tree_unflatten(state_def, state)
     if info is None:  # no step ran: the state may be a cached constant (init_state); the user gets a copy

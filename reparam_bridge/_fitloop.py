@@ -103,6 +103,8 @@ class Spec:
         self.free = tuple(k for k, i in enumerate(arrays) if i < n_model and free_mask[i])
         self.n_model = n_model
         self.names: list[str] = []  # of the free arrays
+        self.loss_dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+        self.ran: set[int] = set()  # run lengths compiled (the loss buffer's length is in the program)
         self.state: Any = None  # (devices, the optimiser's initial state) when it is a constant
         # seconds per step of each run length seen: a later run is cut into chunks by time
         # from its first chunk on
@@ -330,11 +332,14 @@ def diagnose(replay: Callable[[int], Info], bad: int, names: list[str], what: st
 class Plan:
     """Where each chunk stops. ``chunk_size`` if given; else by time: with no timing for
     this loop yet, a first chunk of a twentieth of the steps (it also compiles), a second
-    as long (timed), then chunks of about ``_CHUNK_SECONDS``; without a bar, one chunk."""
+    as long (timed), then chunks of about ``_CHUNK_SECONDS``; without a bar, one chunk.
+    ``compiled``: the loop has run at this length before, so its first chunk is timed too."""
 
-    def __init__(self, steps: int, chunk_size: int | None, progress_bar: bool, per_step: float | None):
+    def __init__(
+        self, steps: int, chunk_size: int | None, progress_bar: bool, per_step: float | None, compiled: bool = False
+    ):
         self.steps, self.chunk_size, self.bar, self.per_step = steps, chunk_size, progress_bar, per_step
-        self.timed_chunks = 0
+        self.timed_chunks = int(compiled)
 
     def next_stop(self, start: int) -> int:
         left = self.steps - start

@@ -149,6 +149,18 @@ def test_progress_bar_switch(capfd):
     assert "loss=" in capfd.readouterr().err
 
 
+def test_a_fit_known_to_be_quick_draws_no_bar(capfd):
+    # a run of <= 100 steps is one chunk: its timing is trusted once the loop has compiled
+    # (the second call), so from the third call on a bar that would only flash is not drawn
+    model = {"w": jnp.array(0.0)}
+    loss = lambda m: (m["w"] - 2.0) ** 2  # noqa: E731
+    for _ in range(2):
+        fit(model, loss, steps=50, progress_bar=True)
+    assert "loss=" in capfd.readouterr().err
+    fit(model, loss, steps=50, progress_bar=True)
+    assert capfd.readouterr().err == ""
+
+
 def test_resume_from_opt_state_continues():
     model = {"w": jnp.array([3.0, -1.0])}
     loss = lambda m: jnp.sum((m["w"] - jnp.array([1.0, 2.0])) ** 2) + 0.1 * jnp.sum(m["w"] ** 4)  # noqa: E731
