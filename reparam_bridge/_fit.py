@@ -151,7 +151,12 @@ def _fit(
     losses = constant(0.0, spec.loss_dtype, (steps,))
     # with a tolerance, chunk ends are where the loop may stop early
     plan = Plan(
-        steps, chunk_size, progress_bar or tolerance.active, spec.seconds_per_step.get(steps), steps in spec.ran
+        steps,
+        chunk_size,
+        progress_bar or tolerance.active,
+        spec.seconds_per_step.get(steps),
+        compiled=steps in spec.ran,
+        stopped=spec.stopped.get(steps),
     )
 
     info, bar = None, None
@@ -203,6 +208,10 @@ def _fit(
         spec.seconds_per_step[steps] = plan.per_step
     if info is not None:
         spec.ran.add(steps)
+        if start < steps:
+            spec.stopped[steps] = start
+        else:
+            spec.stopped.pop(steps, None)
     warn = tolerance.active if warn is None else warn
     opt_state = jax.tree_util.tree_unflatten(state_def, state)
     if info is None:  # no step ran: the state may be a cached constant (init_state); the user gets a copy

@@ -104,7 +104,10 @@ class Spec:
         self.n_model = n_model
         self.names: list[str] = []  # of the free arrays
         self.loss_dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
-        self.ran: set[int] = set()  # run lengths compiled (the loss buffer's length is in the program)
+        self.ran: set[int] = set()
+        self.stopped: dict[
+            int, int
+        ] = {}  # run length -> the step the last run stopped early at  # run lengths compiled (the loss buffer's length is in the program)
         self.state: Any = None  # (devices, the optimiser's initial state) when it is a constant
         # seconds per step of each run length seen: a later run is cut into chunks by time
         # from its first chunk on
@@ -333,13 +336,23 @@ class Plan:
     """Where each chunk stops. ``chunk_size`` if given; else by time: with no timing for
     this loop yet, a first chunk of a twentieth of the steps (it also compiles), a second
     as long (timed), then chunks of about ``_CHUNK_SECONDS``; without a bar, one chunk.
-    ``compiled``: the loop has run at this length before, so its first chunk is timed too."""
+    ``compiled``: the loop has run at this length before, so its first chunk is timed too.
+    ``stopped``: where the last run of this loop stopped early (its tolerance met), a chunk end
+    for this one (a repeated fit converges where it did before, and a chunk sized by time would
+    run past it)."""
 
     def __init__(
-        self, steps: int, chunk_size: int | None, progress_bar: bool, per_step: float | None, compiled: bool = False
+        self,
+        steps: int,
+        chunk_size: int | None,
+        progress_bar: bool,
+        per_step: float | None,
+        compiled: bool = False,
+        stopped: int | None = None,
     ):
         self.steps, self.chunk_size, self.bar, self.per_step = steps, chunk_size, progress_bar, per_step
         self.timed_chunks = int(compiled)
+        self.stopped = stopped
 
     def next_stop(self, start: int) -> int:
         left = self.steps - start
@@ -353,6 +366,8 @@ class Plan:
             n = max(1, int(_CHUNK_SECONDS / max(self.per_step, 1e-9)))
             if left - n < n // 2:  # no short last chunk
                 n = left
+        if self.chunk_size is None and self.stopped is not None and start < self.stopped:
+            n = min(n, self.stopped - start)
         return start + min(n, left)
 
     def short(self) -> bool:

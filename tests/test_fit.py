@@ -161,6 +161,17 @@ def test_a_fit_known_to_be_quick_draws_no_bar(capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_a_repeated_fit_stops_early_every_time():
+    # a run that met its tolerance early leaves a chunk end there for the next run of the same
+    # loop, whose chunks are otherwise sized by time (one chunk for a quick run: no early stop)
+    x = jnp.linspace(0.0, 1.0, 50)
+    model = {"a": rb.Real(0.0), "b": rb.Real(0.0)}
+    log_joint = lambda m, x: dist.Normal(m["a"] + m["b"] * x, 1.0).log_prob(2.0 + 3.0 * x).sum()  # noqa: E731
+    for _ in range(4):
+        res = map_estimate(model, log_joint, x, steps=300, progress_bar=False)
+        assert res.converged and res.losses.shape[0] < 300
+
+
 def test_resume_from_opt_state_continues():
     model = {"w": jnp.array([3.0, -1.0])}
     loss = lambda m: jnp.sum((m["w"] - jnp.array([1.0, 2.0])) ** 2) + 0.1 * jnp.sum(m["w"] ** 4)  # noqa: E731
