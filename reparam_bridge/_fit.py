@@ -28,7 +28,6 @@ from ._density import partition
 from ._fitloop import (
     Info,
     Loop,
-    Plan,
     Spec,
     batch_size_of,
     constant,
@@ -37,6 +36,7 @@ from ._fitloop import (
     get_batch,
     run,
 )
+from ._fitplan import Plan
 from ._sharded import auto_axes
 from ._tree import free_mask, unwrap
 
