@@ -2,7 +2,7 @@
 
 The loop works on the free arrays from :func:`partition`, rebuilds and unwraps the model
 inside the loss, and projects :class:`Constraint` s with :func:`apply` after every step. It is
-one compiled ``lax.fori_loop`` (``eqx.filter_jit``: arrays traced, everything else static)
+one compiled ``lax.fori_loop`` (arrays traced, everything else static: ``_fitloop.Spec``)
 whose start and stop steps are *traced*: a run is cut into chunks (for the progress bar)
 of any lengths without compiling again, and the losses go into one buffer of all the steps.
 Chunks are sized by time: a run expected to take under a quarter of a second is one chunk
@@ -118,7 +118,7 @@ def _fit(
     leaves, treedef, sig = _checks.flat_signature((model, args)) if flat is None else flat
     if checked is None:
 
-        def checks() -> bool:  # of the model alone: once per signature
+        def checks() -> bool:  # of the model, once per signature of (model, args)
             _checks.preflight(model, what, density=what.startswith("map_estimate"))
             return contains_constraints(model)
 
@@ -139,7 +139,7 @@ def _fit(
         batch_size = int(batch_size)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"{what}: chunk_size must be >= 1, got {chunk_size}.")
-    spec = _spec(Loop(objective, optimizer, batch_size, n_data, constrained), leaves, treedef, sig, model)
+    spec = _spec(Loop(objective, optimizer, batch_size, n_data, constrained), leaves, treedef, sig, model, what)
     if not spec.free:
         raise ValueError(f"{what}: the model has no free arrays to optimise (everything is static or rb.NonTrainable).")
     arrays = spec.arrays(auto_axes(leaves))
@@ -155,8 +155,8 @@ def _fit(
         chunk_size,
         progress_bar or tolerance.active,
         spec.seconds_per_step.get(steps),
-        compiled=steps in spec.ran,
-        stopped=spec.stopped.get(steps),
+        compiled=(steps, key is None) in spec.ran,
+        stopped=spec.stopped.get(steps) if tolerance.active else None,
     )
 
     info, bar = None, None
@@ -207,7 +207,7 @@ def _fit(
     if plan.per_step is not None:
         spec.seconds_per_step[steps] = plan.per_step
     if info is not None:
-        spec.ran.add(steps)
+        spec.ran.add((steps, key is None))
         if start < steps:
             spec.stopped[steps] = start
         else:
@@ -247,19 +247,40 @@ def _fit(
 _SPECS: dict = {}
 
 
-def _spec(loop: Loop, leaves: list, treedef: Any, sig: Any, model: PyTree) -> Spec:
-    """The :class:`Spec` of this fit, made once per loop, signature and device context (its
-    identity keys the compiled loop, and its timings and initial state)."""
-    key = None if sig is None else (loop, sig, context())
-    spec = None if key is None else _SPECS.get(key)
+def _spec(loop: Loop, leaves: list, treedef: Any, sig: Any, model: PyTree, what: str) -> Spec:
+    """The :class:`Spec` of this fit, made once per loop, signature and device context (the
+    last 32 kept, for their timings and initial state; one made again is equal to the old one
+    and finds its compiled loop)."""
+    if sig is None:
+        raise TypeError(f"{what}: {_unhashable(leaves, treedef)}")
+    key = (loop, sig, context())
+    spec = _SPECS.pop(key, None)  # and put back last: the least recently used goes first
     if spec is None:
-        spec = Spec(loop, leaves, treedef, free_mask(model))
+        spec = Spec(key, loop, leaves, treedef, free_mask(model))
         spec.names = leaf_names(partition(model)[0])
-        if key is not None:
-            if len(_SPECS) >= 32:  # a bound: the keys hold user functions and their closures
-                _SPECS.pop(next(iter(_SPECS)))
-            _SPECS[key] = spec
+        if len(_SPECS) >= 32:  # a bound: the keys hold user functions and their closures
+            _SPECS.pop(next(iter(_SPECS)))
+    _SPECS[key] = spec
     return spec
+
+
+def _unhashable(leaves: list, treedef: Any) -> str:
+    """Which leaf of ``(model, args)`` cannot be a static value of the compiled loop, and what
+    to do about it."""
+    paths = jax.tree_util.tree_flatten_with_path(jax.tree_util.tree_unflatten(treedef, leaves))[0]
+    for path, leaf in paths:
+        if not eqx.is_array(leaf):
+            try:
+                hash(leaf)
+            except TypeError:
+                where = "the model" if path and path[0] == jax.tree_util.SequenceKey(0) else "the data"
+                return (
+                    f"{where} holds a {type(leaf).__name__} at {jax.tree_util.keystr(path[1:]) or '<root>'}, "
+                    "which cannot be hashed, and every value that is not an array is compiled into the "
+                    "loop as a constant. Pass arrays (e.g. jnp.asarray), or mark the field "
+                    "eqx.field(static=True) with a hashable value."
+                )
+    return "the model or data cannot be hashed (its tree structure); pass arrays in plain containers."
 
 
 def fit(

@@ -89,29 +89,36 @@ class Loop(NamedTuple):
 class Spec:
     """Everything static about one fit's inputs, made once per signature: the loop, and the
     flattened ``(model, args)`` (tree structure, which leaves are arrays, the other leaves'
-    values, which arrays are free). Hashed by identity, so the compiled loop's cache lookup is
-    one pointer hash: the inputs are flattened once per call, where ``eqx.filter_jit`` (or a
-    flatten per argument) would flatten and partition them again (~0.3 ms a call, against 9 ms
-    for 3,000 Adam steps of a small model in ``benchmarks/bench_fit.py``)."""
+    values, which arrays are free). The compiled loop takes it as a static argument, with the
+    arrays as flat lists: the inputs are flattened once per call, where ``eqx.filter_jit`` (or
+    a flatten per argument) would flatten and partition them again (~0.3 ms a call, against
+    9 ms for 3,000 Adam steps of a small model in ``benchmarks/bench_fit.py``). Equal (and
+    hashed) by ``key``, what it was made from, so that one made again for the same signature
+    finds its compiled loop; the hash is computed once."""
 
-    def __init__(self, loop: Loop, leaves: list, treedef: Any, free_mask: list[bool]):
+    def __init__(self, key: Any, loop: Loop, leaves: list, treedef: Any, free_mask: list[bool]):
+        self.key, self._hash = key, hash(key)
         self.loop, self.treedef = loop, treedef
         self.is_array = tuple(eqx.is_array(x) for x in leaves)
         self.values = tuple(x for x, a in zip(leaves, self.is_array) if not a)
         arrays = [i for i, a in enumerate(self.is_array) if a]  # leaf index of each array
         n_model = len(free_mask)  # the model's leaves come first, then the data's
         self.free = tuple(k for k, i in enumerate(arrays) if i < n_model and free_mask[i])
-        self.n_model = n_model
         self.names: list[str] = []  # of the free arrays
         self.loss_dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
-        self.ran: set[int] = set()
-        self.stopped: dict[
-            int, int
-        ] = {}  # run length -> the step the last run stopped early at  # run lengths compiled (the loss buffer's length is in the program)
         self.state: Any = None  # (devices, the optimiser's initial state) when it is a constant
-        # seconds per step of each run length seen: a later run is cut into chunks by time
-        # from its first chunk on
+        # per run length: whether its loop has compiled (the loss buffer's length is in the
+        # program), its seconds per step (a later run is cut into chunks by time from its first
+        # chunk on), and the step the last run stopped early at (its tolerance met)
+        self.ran: set[tuple[int, bool]] = set()
         self.seconds_per_step: dict[int, float] = {}
+        self.stopped: dict[int, int] = {}
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, Spec) and self.key == other.key)
 
     def initial_state(self, free: list, params: Callable[[], PyTree]) -> tuple[list, Any]:
         """The optimiser's initial state for the free arrays ``free`` (``params()``: their
@@ -311,11 +318,6 @@ def diagnose(replay: Callable[[int], Info], bad: int, names: list[str], what: st
     same compiled loop from the chunk's start to step ``k`` and returns its :class:`Info`,
     whose loss and per-leaf gradient norms are those at step ``k``'s parameters."""
     at = replay(bad)
-    if not np.all(np.isfinite(at.extents[2])):
-        return (
-            f"{what}: the optimiser made the parameters non-finite at step {bad - 1} (0-based) although "
-            "the loss and gradient were finite; no result is returned. Lower the learning rate."
-        )
     if not np.isfinite(at.final_value):
         return (
             f"{what}: the loss became non-finite ({at.final_value}) at step {bad} "
@@ -323,7 +325,15 @@ def diagnose(replay: Callable[[int], Info], bad: int, names: list[str], what: st
             "learning rate, or constrain the parameter that leaves its domain."
         )
     paths = [name for name, g in zip(names, at.leaf_norms) if not np.isfinite(g)]
+    if paths:
+        return (
+            f"{what}: the gradient became non-finite at step {bad} (0-based; loss {at.final_value}) for "
+            f"parameter(s) {paths}; no result is returned. Lower the learning rate or reparameterise "
+            "those parameters."
+        )
+    # only at the end of a run: the parameters are non-finite where the loss and gradient are not
     return (
-        f"{what}: the gradient became non-finite at step {bad} (0-based; loss {at.final_value}) for "
-        f"parameter(s) {paths}; no result is returned. Lower the learning rate or reparameterise those parameters."
+        f"{what}: the parameters are non-finite after step {bad - 1} (0-based) although the loss and "
+        "gradient stayed finite: the optimiser's update overflowed; no result is returned. Lower the "
+        "learning rate."
     )

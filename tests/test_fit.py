@@ -172,6 +172,36 @@ def test_a_repeated_fit_stops_early_every_time():
         assert res.converged and res.losses.shape[0] < 300
 
 
+def test_a_signature_seen_again_after_many_others_does_not_compile_again():
+    traces = []
+
+    def loss(m):
+        traces.append(1)
+        return jnp.sum((m["a"] - 1.0) ** 2)
+
+    opt = optax.adam(0.1)
+    fit({"a": jnp.zeros(100)}, loss, optimizer=opt, steps=3, progress_bar=False)
+    for n in range(1, 41):  # more signatures than the fit keeps (32)
+        fit({"a": jnp.zeros(n)}, loss, optimizer=opt, steps=3, progress_bar=False)
+    before = len(traces)
+    fit({"a": jnp.zeros(100)}, loss, optimizer=opt, steps=3, progress_bar=False)
+    fit({"a": jnp.zeros(1)}, loss, optimizer=opt, steps=3, progress_bar=False)
+    assert len(traces) == before  # both found their compiled loops
+
+
+def test_an_unhashable_value_in_the_data_is_refused_by_name():
+    class Table:  # e.g. a data frame: not an array, and unhashable
+        __hash__ = None
+
+    with pytest.raises(TypeError, match=r"fit: the data holds a Table at \[0\].*jnp.asarray"):
+        fit({"a": jnp.array(0.0)}, lambda m, t: (m["a"] - 1.0) ** 2, Table(), steps=3, progress_bar=False)
+
+
+def test_non_finite_initial_values_are_named_as_such():
+    with pytest.raises(ValueError, match=r"loss became non-finite \(nan\) at step 0 .*initial values"):
+        fit({"a": jnp.array(jnp.nan)}, lambda m: m["a"] ** 2, steps=5, progress_bar=False)
+
+
 def test_resume_from_opt_state_continues():
     model = {"w": jnp.array([3.0, -1.0])}
     loss = lambda m: jnp.sum((m["w"] - jnp.array([1.0, 2.0])) ** 2) + 0.1 * jnp.sum(m["w"] ** 4)  # noqa: E731
@@ -205,8 +235,8 @@ def test_padded_chunks_compile_once_and_match():
 
 
 def test_every_step_is_run_and_recorded_whatever_the_chunking():
-    # the compiled loop runs blocks of a fixed number of steps, then the rest: every step's loss
-    # lands at its own index and chunk lengths on either side of a block give the same run
+    # chunks of any length (traced bounds, one compiled loop): every step's loss lands at its
+    # own index, and every chunking gives the same run as the eager loop
     loss = lambda m: jnp.sum((m["w"] - jnp.arange(3.0)) ** 2)  # noqa: E731
     model = {"w": jnp.zeros(3)}
     opt = optax.adam(0.1)
