@@ -10,9 +10,13 @@ With ``r(b) = log p(T(b)) + log|det ∂T/∂b| + |b|²/2``, which is constant ex
     mean over b ~ s·N(0, I), s ~ U[1, 2] of Huber₅(r(b) − median r)   (r's spread, well into the tails)
     − mean over b ~ N(0, I) of r(b)                                   (reverse KL, up to a constant)
 
-Measured on centred eight schools (flow seeds 0-4, NUTS keys 7 and 8, the test's protocol, on an
-earlier key layout): divergences fell from 82-149 of 4,000 (ELBO only) to 1-8, and the min ESS per
-gradient was 8-22x plain NUTS's in 9 of 10 runs (seed 3 with key 7: 2.1x); see tests/test_neutra.py."""
+Measured (flow seeds 0-4, the test's protocol: 4 chains x 1,000 warmup / 1,000 draws, NUTS
+key 7): centred eight schools' divergences fell from 82-149 of 4,000 (ELBO only; seeds 0-2, an
+earlier measurement) to 0-7 and its min ESS per gradient was 7.4-24x plain NUTS's; Neal's
+funnel (10 coordinates), 83-237x with 0-7 divergent, where the ELBO alone met 5x on 2 of the 5
+seeds. Not every seed: on seeds 5-9 the funnel failed on two (5: 2.1x with 142 divergent; 9: 23
+divergent), the schools on one (8: 32 divergent). With 8,000 steps instead of 16,000, 3 of those 10 runs failed (funnel seeds 2-3: 30 and
+39 divergent; schools seed 3: 4.5x), so :func:`neutra`'s default is 16,000."""
 
 import warnings
 from typing import Any
