@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import _checks
 from ._constraint import contains_constraints
-from ._convergence import Movement, Tolerance, leaf_names, report
+from ._convergence import Movement, Tolerance, report
 from ._density import partition
 from ._fitloop import (
     Info,
@@ -38,7 +38,7 @@ from ._fitloop import (
 )
 from ._fitplan import Plan
 from ._sharded import auto_axes
-from ._tree import free_mask, unwrap
+from ._tree import unwrap
 
 
 class FitResult(eqx.Module):
@@ -256,8 +256,7 @@ def _spec(loop: Loop, leaves: list, treedef: Any, sig: Any, model: PyTree, what:
     key = (loop, sig, context())
     spec = _SPECS.pop(key, None)  # and put back last: the least recently used goes first
     if spec is None:
-        spec = Spec(key, loop, leaves, treedef, free_mask(model))
-        spec.names = leaf_names(partition(model)[0])
+        spec = Spec(key, loop, leaves, treedef, model)
         if len(_SPECS) >= 32:  # a bound: the keys hold user functions and their closures
             _SPECS.pop(next(iter(_SPECS)))
     _SPECS[key] = spec

@@ -16,7 +16,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from . import _tree
 from ._constraint import apply
+from ._convergence import leaf_names
 from ._density import partition
 
 # ----------------------------------------------------------------------------------------
@@ -96,15 +98,16 @@ class Spec:
     hashed) by ``key``, what it was made from, so that one made again for the same signature
     finds its compiled loop; the hash is computed once."""
 
-    def __init__(self, key: Any, loop: Loop, leaves: list, treedef: Any, free_mask: list[bool]):
+    def __init__(self, key: Any, loop: Loop, leaves: list, treedef: Any, model: PyTree):
         self.key, self._hash = key, hash(key)
+        free_mask = _tree.free_mask(model)
         self.loop, self.treedef = loop, treedef
         self.is_array = tuple(eqx.is_array(x) for x in leaves)
         self.values = tuple(x for x, a in zip(leaves, self.is_array) if not a)
         arrays = [i for i, a in enumerate(self.is_array) if a]  # leaf index of each array
         n_model = len(free_mask)  # the model's leaves come first, then the data's
         self.free = tuple(k for k, i in enumerate(arrays) if i < n_model and free_mask[i])
-        self.names: list[str] = []  # of the free arrays
+        self.names = leaf_names(partition(model)[0])  # of the free arrays
         self.loss_dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
         self.state: Any = None  # (devices, the optimiser's initial state) when it is a constant
         # per run length: whether its loop has compiled (the loss buffer's length is in the
