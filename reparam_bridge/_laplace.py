@@ -13,13 +13,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from . import _effort
 from ._approx import Approximation
 from ._checks import preflight
 from ._density import check_bijective, partition
 from ._map import map_estimate
 from ._psis import psislw
 from ._sharded import auto_axes
-from ._util import neg_log_density_hessian
+from ._util import NegLogDensity, neg_log_density_hessian
 
 
 class LaplaceResult(Approximation):
@@ -101,6 +102,15 @@ def laplace(
     preflight(model, "laplace", density=True)
     check_bijective(model, "laplace")
     model, args = auto_axes((model, args))
+    params, static = partition(model)
+    ops = _effort.elementwise_ops(lambda p, a: NegLogDensity(log_joint, True, static)(p, *a), params, args)
+    # the mode (~100 L-BFGS steps of a few gradients), the Hessian and the PSIS draws
+    evaluations = 500 + 4 * sum(x.size for x in jax.tree_util.tree_leaves(params)) + int(num_psis_draws)
+    with _effort.effort(_effort.quick(ops, evaluations)):
+        return _laplace(model, log_joint, args, optimize, key, num_psis_draws, map_kwargs)
+
+
+def _laplace(model, log_joint, args, optimize, key, num_psis_draws, map_kwargs) -> LaplaceResult:
     if optimize:
         model = map_estimate(model, log_joint, *args, jacobian=True, **map_kwargs).model
     elif map_kwargs:

@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _arviz, _checkpoint, _checks, _persist
+from . import _arviz, _checkpoint, _checks, _effort, _persist
 from ._density import partition
 from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
@@ -110,6 +110,7 @@ class Posterior:
         self._last_state = None
         self._writer = None  # a checkpoint directory's writer: resume keeps writing there
         self._config = None  # the kernel settings, when loaded from a checkpoint
+        self._quick_compile = False  # whether rb.sample compiled with less optimisation (_effort)
         self.coords: dict | None = None  # az.from_numpyro's coords/dims, used by to_inference_data
         self.dims: dict | None = None
         self.inference_library = "numpyro"  # attrs["inference_library"]; rb.blackjax sets "blackjax"
@@ -223,6 +224,10 @@ class Posterior:
         and ``args`` are needed only when the checkpoint could not pickle them."""
         if num_samples is not None:
             num_samples = _checks.check_int("num_samples", num_samples, "resume", minimum=1)
+        with _effort.effort(self._quick_compile):  # compiled as the first run was: the same draws
+            return self._resume(num_samples, progress_bar, log_joint, args)
+
+    def _resume(self, num_samples, progress_bar, log_joint, args) -> "Posterior":
         if self._writer is not None:
             return self._resume_checkpoint(num_samples, progress_bar, log_joint, args)
         if self.mcmc is None:
@@ -260,6 +265,7 @@ class Posterior:
             log_likelihood=self._log_likelihood,
         )
         out._last_state, out._writer, out._config = last_state, self._writer, self._config
+        out._quick_compile = self._quick_compile
         out.coords, out.dims = self.coords, self.dims
         check_draws(out._samples, out.sample_stats, "resume")
         return out
@@ -333,6 +339,7 @@ class Posterior:
             log_likelihood=ll,
         )
         post._last_state, post._writer, post._config = got.state, got.writer, got.config
+        post._quick_compile = bool((got.config or {}).get("quick_compile", False))
         return post
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
 
-from . import _checkpoint, _checks, _warmstart
+from . import _checkpoint, _checks, _effort, _warmstart
 from ._density import partition
 from ._diagnose import check_model, diagnose_nonfinite
 from ._paths import leaves_with_paths
@@ -148,85 +148,92 @@ def sample(
     else:
         init_params = _stack_inits(init, static, num_chains)
     num_warmup = _warmstart.DEFAULT_NUM_WARMUP if num_warmup is None else num_warmup
-    # The same compiled potential checks the starts and serves NumPyro (no extra compile);
-    # the data is its argument, not a constant, so sharded data stays sharded.
     neg_log_density = NegLogDensity(log_joint, True, static)
-    potential_fn = functools.partial(eqx.filter_jit(lambda p, a: neg_log_density(p, *a)), a=args)
-    init_lp = np.array(
-        [-float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)]
-    )
-    if not bool(np.all(np.isfinite(init_lp))):
-        chain = int(np.argmin(np.isfinite(init_lp)))
-        start = eqx.combine(jax.tree_util.tree_map(lambda x: x[chain], init_params), static)
-        why = diagnose_nonfinite(start, log_joint, args) or "the log-density is not finite"
-        raise ValueError(
-            f"rb.sample: the initial point of chain {chain} has a non-finite log-density: {why}. "
-            "Start from valid values (e.g. the result of rb.map_estimate) or pass init=."
+    # less XLA optimisation where the run's work is small (see _effort: ~half NUTS's compile)
+    first = jax.tree_util.tree_map(lambda x: x[0], init_params)
+    ops = _effort.elementwise_ops(lambda p, a: neg_log_density(p, *a), first, args)
+    quick = _effort.quick(ops, _effort.sampler_evaluations(num_chains, num_warmup, num_samples))
+    with _effort.effort(quick):
+        # The same compiled potential checks the starts and serves NumPyro (no extra compile);
+        # the data is its argument, not a constant, so sharded data stays sharded.
+        potential_fn = functools.partial(eqx.filter_jit(lambda p, a: neg_log_density(p, *a)), a=args)
+        init_lp = np.array(
+            [-float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)]
         )
+        if not bool(np.all(np.isfinite(init_lp))):
+            chain = int(np.argmin(np.isfinite(init_lp)))
+            start = eqx.combine(jax.tree_util.tree_map(lambda x: x[chain], init_params), static)
+            why = diagnose_nonfinite(start, log_joint, args) or "the log-density is not finite"
+            raise ValueError(
+                f"rb.sample: the initial point of chain {chain} has a non-finite log-density: {why}. "
+                "Start from valid values (e.g. the result of rb.map_estimate) or pass init=."
+            )
 
-    sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args))
-    if not sharded and args_are_sharded(args):
-        warnings.warn(
-            f"rb.sample: *args are split over devices, but chain_method={chain_method!r} runs NumPyro's "
-            "MCMC, whose compiled program holds them as constants on one device (the whole data set "
-            "gathered there). Pass chain_method=None or 'sharded' to keep them split.",
-            UserWarning,
-            stacklevel=2,
-        )
-    if sharded and checkpoint is not None:
-        raise ValueError(
-            "rb.sample: checkpoint= is not supported with chain_method='sharded' (or sharded data) yet; "
-            "drop checkpoint= or pass chain_method='vectorized'."
-        )
-    if sharded:
-        post = sample_sharded(
-            model,
-            static,
-            log_joint,
-            args,
-            _kernel_class(kernel),
-            kernel_kwargs,
-            init_params,
-            run_key,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            thinning=thinning,
-            log_likelihood=log_likelihood,
-            progress_bar=progress_bar,
-        )
-    else:
-        mcmc, init_params = _mcmc(
-            kernel,
-            potential_fn,
-            kernel_kwargs,
-            num_warmup,
-            num_samples,
-            num_chains,
-            chain_method,
-            progress_bar,
-            thinning,
-            init_params,
-        )
-        if checkpoint is not None:
-            config = dict(
-                kernel=kernel,
-                kernel_kwargs=kernel_kwargs,
+        sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args))
+        if not sharded and args_are_sharded(args):
+            warnings.warn(
+                f"rb.sample: *args are split over devices, but chain_method={chain_method!r} runs NumPyro's "
+                "MCMC, whose compiled program holds them as constants on one device (the whole data set "
+                "gathered there). Pass chain_method=None or 'sharded' to keep them split.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if sharded and checkpoint is not None:
+            raise ValueError(
+                "rb.sample: checkpoint= is not supported with chain_method='sharded' (or sharded data) yet; "
+                "drop checkpoint= or pass chain_method='vectorized'."
+            )
+        if sharded:
+            post = sample_sharded(
+                model,
+                static,
+                log_joint,
+                args,
+                _kernel_class(kernel),
+                kernel_kwargs,
+                init_params,
+                run_key,
                 num_warmup=num_warmup,
-                num_chains=num_chains,
-                chain_method=mcmc.chain_method,
-                every=every,
+                num_samples=num_samples,
+                thinning=thinning,
+                log_likelihood=log_likelihood,
+                progress_bar=progress_bar,
             )
-            writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
-            mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-            writer.commit(None, None, mcmc.post_warmup_state)
-            parts = _checkpoint.run_chunks(
-                mcmc, mcmc.post_warmup_state, num_samples, every, writer, _extra_fields(mcmc), fresh=False
-            )
-            post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
         else:
-            mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
-            post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
+            mcmc, init_params = _mcmc(
+                kernel,
+                potential_fn,
+                kernel_kwargs,
+                num_warmup,
+                num_samples,
+                num_chains,
+                chain_method,
+                progress_bar,
+                thinning,
+                init_params,
+            )
+            if checkpoint is not None:
+                config = dict(
+                    kernel=kernel,
+                    kernel_kwargs=kernel_kwargs,
+                    num_warmup=num_warmup,
+                    num_chains=num_chains,
+                    chain_method=mcmc.chain_method,
+                    every=every,
+                    quick_compile=quick,
+                )
+                writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
+                mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+                writer.commit(None, None, mcmc.post_warmup_state)
+                parts = _checkpoint.run_chunks(
+                    mcmc, mcmc.post_warmup_state, num_samples, every, writer, _extra_fields(mcmc), fresh=False
+                )
+                post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
+            else:
+                mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+                post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
     post.coords, post.dims = coords, dims
+    post._quick_compile = quick  # a resumed run compiles as this one did: the same draws
     if coords is not None or dims is not None:
         post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
     check_draws(post._samples, post.sample_stats)
