@@ -41,10 +41,10 @@ from ._constraint import apply as apply
 from ._constraint import contains_constraints as contains_constraints
 from ._constraint import finalize as finalize
 from ._density import log_density as log_density
-from ._effort import compile_effort as compile_effort
 from ._density import log_det_jacobian as log_det_jacobian
 from ._density import log_prior as log_prior
 from ._density import partition as partition
+from ._effort import compile_effort as compile_effort
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._laplace import LaplaceResult as LaplaceResult

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from . import _tree
+from . import _effort, _tree
 from ._constraint import apply
 from ._convergence import leaf_names
 from ._density import partition
@@ -279,9 +279,10 @@ _SMALL_BYTES = 1 << 16  # 64 KiB of parameters
 
 
 def context() -> tuple:
-    """What decides where a new array goes (a cached one must not outlive it)."""
+    """What decides where a new array goes (a cached one must not outlive it), and how hard XLA
+    optimises a program compiled now (``_effort``: not part of JAX's own cache key)."""
     mesh = getattr(jax.sharding, "get_abstract_mesh", lambda: None)()
-    return (mesh, jax.config.jax_default_device)
+    return (mesh, jax.config.jax_default_device, _effort.flag())
 
 
 def _reads_inputs(jaxpr) -> bool:

@@ -103,10 +103,14 @@ def laplace(
     check_bijective(model, "laplace")
     model, args = auto_axes((model, args))
     params, static = partition(model)
-    ops = _effort.elementwise_ops(lambda p, a: NegLogDensity(log_joint, True, static)(p, *a), params, args)
-    # the mode (~100 L-BFGS steps of a few gradients), the Hessian and the PSIS draws
-    evaluations = 500 + 4 * sum(x.size for x in jax.tree_util.tree_leaves(params)) + int(num_psis_draws)
-    with _effort.effort(_effort.quick(ops, evaluations)):
+    # the mode (L-BFGS: 100 steps of a few gradients each), the Hessian and the PSIS draws
+    steps = map_kwargs.get("steps") or (100 if map_kwargs.get("optimizer") is None else 1000)
+    evaluations = 5 * steps * optimize + 4 * sum(x.size for x in jax.tree_util.tree_leaves(params))
+    quick = _effort.decide(
+        lambda: _effort.elementwise_ops(lambda p, a: NegLogDensity(log_joint, True, static)(p, *a), params, args),
+        evaluations + int(num_psis_draws),
+    )
+    with _effort.effort(quick):
         return _laplace(model, log_joint, args, optimize, key, num_psis_draws, map_kwargs)
 
 

@@ -224,7 +224,9 @@ class Posterior:
         and ``args`` are needed only when the checkpoint could not pickle them."""
         if num_samples is not None:
             num_samples = _checks.check_int("num_samples", num_samples, "resume", minimum=1)
-        with _effort.effort(self._quick_compile):  # compiled as the first run was: the same draws
+        # compiled as the first run was (the same draws), unless rb.compile_effort says otherwise
+        explicit = _effort.explicit()
+        with _effort.effort(self._quick_compile if explicit is None else explicit):
             return self._resume(num_samples, progress_bar, log_joint, args)
 
     def _resume(self, num_samples, progress_bar, log_joint, args) -> "Posterior":

@@ -151,8 +151,10 @@ def sample(
     neg_log_density = NegLogDensity(log_joint, True, static)
     # less XLA optimisation where the run's work is small (see _effort: ~half NUTS's compile)
     first = jax.tree_util.tree_map(lambda x: x[0], init_params)
-    ops = _effort.elementwise_ops(lambda p, a: neg_log_density(p, *a), first, args)
-    quick = _effort.quick(ops, _effort.sampler_evaluations(num_chains, num_warmup, num_samples))
+    quick = _effort.decide(
+        lambda: _effort.elementwise_ops(lambda p, a: neg_log_density(p, *a), first, args),
+        _effort.sampler_evaluations(num_chains, num_warmup + num_samples * thinning, kernel_kwargs),
+    )
     with _effort.effort(quick):
         # The same compiled potential checks the starts and serves NumPyro (no extra compile);
         # the data is its argument, not a constant, so sharded data stays sharded.

@@ -54,6 +54,8 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 from numpyro.infer import HMC
 
+from . import _effort
+
 CHAINS = "chains"  # the mesh axis the chains are split along
 
 
@@ -190,7 +192,8 @@ def sample_sharded(
     every = max(1, total // 20) if progress_bar else 0
     # leaves by type and value: 1, 1.0 and True compare equal but trace differently
     typed = tuple((type(x), x) for x in leaves)
-    config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields)
+    # the effort flag too: a sampler compiled with less optimisation is not one compiled with full
+    config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, _effort.flag())
     with _Progress(total if jax.process_index() == 0 and every else 0):
         out = _gather(_compiled_run((*config, every))(keys, init, dynamic))
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
@@ -268,7 +271,7 @@ class _Progress:
 def _build_run(config: tuple) -> Callable:
     from ._posterior import _logdensity_fn
 
-    log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, every = config
+    log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, _, every = config
     others, static, options = jax.tree_util.tree_unflatten(closed, [x for _, x in typed])
 
     def collect(state):

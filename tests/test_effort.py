@@ -34,32 +34,50 @@ def test_elementwise_ops_counts_outputs_scans_and_branches():
 
 
 def test_auto_is_quick_for_small_work_only_and_modes_override():
-    assert _effort.quick(300, _effort.sampler_evaluations(4, 300, 1000)) is (jax.default_backend() == "cpu")
-    assert _effort.quick(1e6, _effort.sampler_evaluations(4, 1000, 1000)) is False
+    on_cpu = jax.default_backend() == "cpu"
+    assert _effort.decide(lambda: 300, _effort.sampler_evaluations(4, 1300, {})) is on_cpu
+    assert _effort.decide(lambda: 1e6, _effort.sampler_evaluations(4, 2000, {})) is False
+    # thinning and HMC's fixed trajectories count: 10x the transitions or 16x the steps tip it
+    small = 300
+    assert _effort.decide(lambda: small, _effort.sampler_evaluations(4, 13_000, {})) is False
+    assert _effort.decide(lambda: small, _effort.sampler_evaluations(4, 1300, {"num_steps": 1024})) is False
     with rb.compile_effort("quick"):
-        assert _effort.quick(math.inf, 1e9) is True
+        assert _effort.decide(lambda: math.inf, 1e9) is True
         with rb.compile_effort("full"):
-            assert _effort.quick(1.0, 1.0) is False
-        assert _effort.quick(math.inf, 1e9) is True  # the outer block's mode again
+            # an explicit mode does not even count the work (no trace of the density)
+            assert _effort.decide(lambda: 1 / 0, 1.0) is False
+        assert _effort.decide(lambda: math.inf, 1e9) is True  # the outer block's mode again
     with pytest.raises(ValueError, match="'fast'"):
         with rb.compile_effort("fast"):
             pass
 
 
 def test_bad_environment_value_is_named():
-    code = "import reparam_bridge as rb; rb._effort.quick(1.0, 1.0)"
+    code = "import reparam_bridge as rb; rb._effort.decide(lambda: 1.0, 1.0)"
     env = {"REPARAM_BRIDGE_COMPILE_EFFORT": "fastest", "PATH": "", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "REPARAM_BRIDGE_COMPILE_EFFORT" in out.stderr
 
 
 def test_the_flag_is_restored_after_the_block_even_on_error():
-    assert not _flag()
+    before = _flag()
     with pytest.raises(RuntimeError):
         with _effort.effort(True):
             assert _flag()
             raise RuntimeError("boom")
-    assert not _flag()
+    assert _flag() is before
+
+
+def test_the_fit_loop_keeps_programs_of_either_effort_apart():
+    # the flag is not in JAX's cache key: the loop's own key carries it, so a fit after a quick
+    # Laplace does not reuse the quick program
+    model, log_joint, y = _model_and_data()
+    with rb.compile_effort("quick"):
+        rb.laplace(model, log_joint, y, progress_bar=False)
+    compiled = rb._fitloop.run._cache_size()
+    with rb.compile_effort("full"):
+        rb.laplace(model, log_joint, y, progress_bar=False)
+    assert rb._fitloop.run._cache_size() == compiled + 1
 
 
 def _model_and_data():
@@ -76,14 +94,28 @@ def _model_and_data():
     return model, log_joint, y
 
 
+def _recording(log_joint, seen):
+    """``log_joint`` that records the effort flag whenever it is traced (inside the compile)."""
+
+    def traced(m, y):
+        seen.append(_flag())
+        return log_joint(m, y)
+
+    return traced
+
+
 @pytest.mark.parametrize("mode", ["quick", "full"])
 def test_sample_under_either_effort_gives_the_posterior_and_restores_the_flag(mode):
     model, log_joint, y = _model_and_data()
     kw = dict(key=jax.random.key(3), num_warmup=300, num_samples=1000, num_chains=2, progress_bar=False)
+    seen = []
     with rb.compile_effort(mode):
-        post = rb.sample(model, log_joint, y, **kw)
+        post = rb.sample(model, _recording(log_joint, seen), y, **kw)
     assert not _flag()
     assert post._quick_compile is (mode == "quick")
+    # the first trace is rb.sample's model check, before the choice; every later one (the starts'
+    # potential, NumPyro's program) compiles under it
+    assert len(seen) >= 2 and all(s is (mode == "quick") for s in seen[1:])
     # the same posterior as a long reference run, within Monte Carlo error
     ref = rb.sample(model, log_joint, y, **{**kw, "key": jax.random.key(4), "num_samples": 4000})
     mu, mu_ref = np.asarray(post.draws["mu"]), np.asarray(ref.draws["mu"])
@@ -105,11 +137,27 @@ def test_auto_chooses_quick_for_a_small_model_and_a_resume_compiles_the_same_way
     np.testing.assert_array_equal(np.asarray(longer.draws["mu"]), np.asarray(whole.draws["mu"]))
 
 
+def test_a_loaded_checkpoint_resumes_as_its_run_compiled_unless_told(tmp_path):
+    model, log_joint, y = _model_and_data()
+    kw = dict(key=jax.random.key(6), num_warmup=100, num_chains=1, progress_bar=False)
+    with rb.compile_effort("quick"):
+        rb.sample(model, log_joint, y, num_samples=200, checkpoint=tmp_path / "run", **kw)
+    for mode, expected in (("auto", True), ("full", False)):
+        seen = []
+        with rb.compile_effort(mode):
+            post = rb.Posterior.load(tmp_path / "run", model)
+            assert post._quick_compile is True
+            post.resume(50, log_joint=_recording(log_joint, seen), args=(y,))
+        assert seen and all(s is expected for s in seen), (mode, seen)
+
+
 def test_laplace_under_either_effort_agrees():
     model, log_joint, y = _model_and_data()
+    seen_quick, seen_full = [], []
     with rb.compile_effort("quick"):
-        a = rb.laplace(model, log_joint, y, progress_bar=False)
+        a = rb.laplace(model, _recording(log_joint, seen_quick), y, progress_bar=False)
     with rb.compile_effort("full"):
-        b = rb.laplace(model, log_joint, y, progress_bar=False)
+        b = rb.laplace(model, _recording(log_joint, seen_full), y, progress_bar=False)
     assert not _flag()
+    assert seen_quick and all(seen_quick) and seen_full and not any(seen_full)
     np.testing.assert_allclose(np.asarray(a.covariance), np.asarray(b.covariance), rtol=1e-4)
