@@ -75,9 +75,19 @@ class Loop(NamedTuple):
     def value_fn(self, params, static, batch):
         return self.objective(eqx.combine(params, static), *batch)
 
+    def value_and_grad(self, params, static, batch):
+        """``jax.value_and_grad(value_fn)``, traced once per compile although the loop calls it
+        twice (the step, and the gradient at the point returned): a jit of its own, kept per loop."""
+        fn = _VALUE_AND_GRAD.get(self)
+        if fn is None:
+            if len(_VALUE_AND_GRAD) >= 32:
+                _VALUE_AND_GRAD.pop(next(iter(_VALUE_AND_GRAD)))
+            fn = _VALUE_AND_GRAD[self] = eqx.filter_jit(jax.value_and_grad(self.value_fn))
+        return fn(params, static, batch)
+
     def step(self, params, opt_state, static, args, key, i):
         batch = get_batch(args, key, i, self.batch_size, self.n_data)
-        value, grads = jax.value_and_grad(self.value_fn)(params, static, batch)
+        value, grads = self.value_and_grad(params, static, batch)
         kwargs = {}
         if isinstance(self.optimizer, optax.GradientTransformationExtraArgs):
             kwargs = dict(value=value, grad=grads, value_fn=lambda p: self.value_fn(p, static, batch))
@@ -86,6 +96,9 @@ class Loop(NamedTuple):
         if self.project:
             params = partition(apply(eqx.combine(params, static)))[0]
         return params, opt_state, value, grads
+
+
+_VALUE_AND_GRAD: dict = {}
 
 
 class Spec:
@@ -196,7 +209,7 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     # batch of step ``stop``). Not one more iteration of ``body``: XLA would compile the
     # optimiser's update twice (L-BFGS's line search: +1.7 s of a 3.8 s compile, eight schools).
     batch = get_batch(args, key, stop, loop.batch_size, loop.n_data)
-    final_value, grads = jax.value_and_grad(loop.value_fn)(params, static, batch)
+    final_value, grads = loop.value_and_grad(params, static, batch)
     grads = jax.tree_util.tree_leaves(grads)
     leaf_norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g)))) for g in grads])  # complex too
     final_gnorm = jnp.sqrt(jnp.sum(jnp.square(leaf_norms)))
