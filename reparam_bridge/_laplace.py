@@ -130,7 +130,7 @@ def _laplace(model, log_joint, args, optimize, key, num_psis_draws, map_kwargs) 
             f"laplace: the model is not at a mode of the unconstrained density (a Newton step "
             f"moves '{worst}' by {offset.max():.3g} posterior sd); the Gaussian is centred at the "
             "given point. Use optimize=True or more optimiser steps.",
-            stacklevel=2,
+            stacklevel=3,  # the user's call of laplace
         )
 
     result = LaplaceResult(
