@@ -140,8 +140,8 @@ def sample(
 
     init_key, run_key = jax.random.split(key)
     if _warmstart.is_seed(init):  # an rb.laplace/rb.pathfinder/ensemble result: starts, metric, warmup
-        # its draws run once: compiled quickly unless rb.compile_effort("full") (0.7 s -> 0.3 s)
-        with _effort.effort(_effort.explicit() is not False):
+        # its draws run once (no work to count): quick on CPU unless rb.compile_effort("full") (0.7 s -> 0.3 s)
+        with _effort.effort(_effort.decide(lambda: 0.0, 0)):
             init_params, num_warmup, kernel_kwargs = _warmstart.seed(
                 init, params, init_key, num_chains, num_warmup, kernel_kwargs, init_jitter
             )
