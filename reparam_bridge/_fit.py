@@ -35,6 +35,7 @@ from ._fitloop import (
     diagnose,
     get_batch,
     run,
+    strong_types,
 )
 from ._fitplan import Plan
 from ._sharded import auto_axes
@@ -147,7 +148,7 @@ def _fit(
     if opt_state is None:
         state, state_def = spec.initial_state(origin, lambda: partition(spec.model(arrays))[0])
     else:
-        state, state_def = jax.tree_util.tree_flatten(opt_state)
+        state, state_def = jax.tree_util.tree_flatten(strong_types(opt_state))
     losses = constant(0.0, spec.loss_dtype, (steps,))
     # with a tolerance, chunk ends are where the loop may stop early
     plan = Plan(

@@ -275,11 +275,11 @@ def init_state(optimizer: Any, params) -> tuple[Any, bool]:
         key += tuple((x.shape, x.dtype, getattr(x, "weak_type", False), getattr(x, "sharding", None)) for x in leaves)
         entry = _INIT.get(key)
     except TypeError:  # an unhashable optimizer: compiled per call
-        return jax.jit(optimizer.init)(params), False
+        return jax.jit(lambda p: strong_types(optimizer.init(p)))(params), False
     if entry is None:
         if len(_INIT) >= 16:
             _INIT.pop(next(iter(_INIT)))
-        init = jax.jit(optimizer.init)
+        init = jax.jit(lambda p: strong_types(optimizer.init(p)))
         # kept only for small models: a large one's state is memory, and its fit is long anyway
         small = sum(x.size * x.dtype.itemsize for x in leaves) <= _SMALL_BYTES
         constant = small and not _reads_inputs(jax.make_jaxpr(optimizer.init)(params).jaxpr)
@@ -289,6 +289,14 @@ def init_state(optimizer: Any, params) -> tuple[Any, bool]:
 
 
 _SMALL_BYTES = 1 << 16  # 64 KiB of parameters
+
+
+def strong_types(tree: PyTree) -> PyTree:
+    """``tree`` with no weakly typed arrays. The loop's outputs are strongly typed, so a state
+    that starts weak (optax's L-BFGS counters and scalars are Python numbers) made the second
+    chunk of a run a new signature: the whole loop compiled again (+2.5-3 s for L-BFGS)."""
+    weak = lambda x: getattr(x, "weak_type", False)  # noqa: E731
+    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype) if weak(x) else x, tree)
 
 
 def context() -> tuple:
