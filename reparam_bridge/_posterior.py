@@ -234,9 +234,10 @@ class Posterior:
             return self._resume_checkpoint(num_samples, progress_bar, log_joint, args)
         if self.mcmc is None:
             raise ValueError(
-                "resume: this Posterior has no sampler state (it was loaded from a Posterior.save "
-                "directory, which keeps draws only). To resume after loading, sample with "
-                "rb.sample(..., checkpoint=DIR) and load that directory."
+                "resume: this Posterior has no sampler state: it was loaded from a Posterior.save "
+                "directory (draws only), or sampled with chain_method='sharded' or 'sequential' (the "
+                "bridge's compiled loop keeps no NumPyro MCMC). To resume, sample with "
+                "chain_method='vectorized' (or rb.sample(..., checkpoint=DIR) and load that directory)."
             )
         # A shallow copy shares NumPyro's compiled functions but leaves this Posterior's MCMC
         # (and any other Posterior resumed from it) untouched.

@@ -160,16 +160,26 @@ def sample_sharded(
     thinning: int,
     log_likelihood: Callable | None,
     progress_bar: bool = False,
+    sequential: bool = False,
 ):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
     mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``). The bar (on
-    process 0) advances from inside the compiled loop, about 20 times a run."""
+    process 0) advances from inside the compiled loop, about 20 times a run.
+
+    ``sequential``: ``chain_method="sequential"``: on one device, the chains one after another
+    (``lax.map``) in one compiled program. NumPyro's own sequential method compiles its loop
+    again for every chain (its ``fori_collect`` wraps the body in a new ``jit`` each call), and
+    its vectorized method traces NUTS under ``vmap`` (~2.3 s of eight schools' 12 s); an
+    unbatched NUTS traces in ~0.5 s and compiles no slower (``benchmarks/README.md``)."""
     from ._posterior import _EXTRA_FIELDS, Posterior, _sample_stats
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
     if thinning < 1:
         raise ValueError(f"rb.sample: thinning must be >= 1, got {thinning}.")
-    mesh, spec = chain_layout(args, num_chains)
+    if sequential:
+        mesh, spec = Mesh(np.array(jax.local_devices()[:1]), (CHAINS,)), P()
+    else:
+        mesh, spec = chain_layout(args, num_chains)
     chains, replicated = NamedSharding(mesh, spec), NamedSharding(mesh, P())
 
     keys = jax.random.split(key, num_chains)
@@ -190,11 +200,13 @@ def sample_sharded(
     fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
     total = num_warmup + num_samples * thinning
     every = max(1, total // 20) if progress_bar else 0
+    bar_total = total * num_chains if sequential else total  # in sequence, the bar runs over every chain
     # leaves by type and value: 1, 1.0 and True compare equal but trace differently
     typed = tuple((type(x), x) for x in leaves)
     # the effort flag too: a sampler compiled with less optimisation is not one compiled with full
-    config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, _effort.flag())
-    with _Progress(total if jax.process_index() == 0 and every else 0):
+    config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential)
+    config += (_effort.flag(),)
+    with _Progress(bar_total if jax.process_index() == 0 and every else 0, sequential):
         out = _gather(_compiled_run((*config, every))(keys, init, dynamic))
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
     depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
@@ -238,14 +250,15 @@ class _Progress:
 
     current: "_Progress | None" = None
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, sequential: bool = False):
         self.total, self.done, self.bar, self.lock = total, 0, None, threading.Lock()
+        self.desc = "rb.sample (chains in sequence)" if sequential else "rb.sample (sharded)"
 
     def __enter__(self) -> "_Progress":
         if self.total:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, desc="rb.sample (sharded)", leave=True)
+            self.bar = tqdm(total=self.total, desc=self.desc, leave=True)
         _Progress.current = self
         return self
 
@@ -271,7 +284,9 @@ class _Progress:
 def _build_run(config: tuple) -> Callable:
     from ._posterior import _logdensity_fn
 
-    log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, _, every = config
+    log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential = config[:11]
+    every = config[-1]  # (config[11]: the effort flag, only a cache key here)
+    total = num_warmup + num_samples * thinning
     others, static, options = jax.tree_util.tree_unflatten(closed, [x for _, x in typed])
 
     def collect(state):
@@ -284,10 +299,18 @@ def _build_run(config: tuple) -> Callable:
         return out
 
     def run(keys, init, dynamic):
+        if sequential:  # one chain at a time: NumPyro's unbatched kernel, traced once
+            chains = jnp.arange(jax.tree_util.tree_leaves(init)[0].shape[0])
+            return jax.lax.map(lambda x: run_chains(*x, dynamic), (keys, init, chains))
+        out = run_chains(keys, init, 0, dynamic)
+        return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)  # (chain, draw, ...)
+
+    def run_chains(keys, init, chain, dynamic):
+        """The chains of ``keys`` (a chain axis: NumPyro's vectorized path, vmap of its init and
+        sample; none: one chain, ``chain`` of the bar's count), draws shaped (draw, ...)."""
         arrays, seeded = dynamic
         logdensity = _logdensity_fn(log_joint, static, eqx.combine(arrays, others))
         sampler = kernel(potential_fn=lambda p: -logdensity(p), **options, **seeded)
-        # typed keys with a chain axis: NumPyro takes its vectorized path (vmap of init and sample)
         state = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
         # One loop over warmup and sampling compiles NUTS once (a loop for each would compile
         # it twice); draw k is written at slot k // thinning, in place.
@@ -297,7 +320,8 @@ def _build_run(config: tuple) -> Callable:
             state, buffer = carry
             state = sampler.sample(state, (), {})
             if every:  # the bar: a host callback every `every` iterations
-                jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(_Progress.tick, i + 1), lambda: None)
+                done = chain * total + i + 1
+                jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(_Progress.tick, done), lambda: None)
             k = i - num_warmup
             keep = (k >= 0) & ((k + 1) % thinning == 0)
             slot = jnp.maximum(k, 0) // thinning
@@ -308,8 +332,7 @@ def _build_run(config: tuple) -> Callable:
 
             return state, jax.tree_util.tree_map(write, buffer, collect(state))
 
-        _, out = jax.lax.fori_loop(0, num_warmup + num_samples * thinning, body, (state, buffer))
-        return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)  # (chain, draw, ...)
+        return jax.lax.fori_loop(0, total, body, (state, buffer))[1]
 
     if spec == P(CHAINS):
         # manual over the chain axis only: each device runs its own chains' loops; any other

@@ -12,6 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import numpyro.distributions as dist
+import pytest
 
 import reparam_bridge as rb
 
@@ -65,23 +66,44 @@ def test_parallel_chains_over_cpu_devices():
     assert "OK parallel (4, 150)" in out.stdout
 
 
-def test_sequential_chains_in_process():
-    post = rb.sample(
+def test_sequential_chains_in_process(capsys):
+    # the bridge's loop: the chains one after another in one compiled program, compiled once
+    # (NumPyro's sequential method compiles its loop again for every chain)
+    from reparam_bridge import _sharded
+
+    kwargs = dict(num_warmup=300, num_samples=500, num_chains=3, chain_method="sequential")
+    before = len(_sharded._RUNS)
+    post = rb.sample(_model(), _log_joint, Y, key=jax.random.key(1), progress_bar=True, **kwargs)
+    assert len(_sharded._RUNS) == before + 1 and post.mcmc is None
+    # the bar counts every chain's iterations, not the first chain's
+    assert "2400/2400" in capsys.readouterr().err
+    mu, sigma = np.asarray(post.draws["mu"]), np.asarray(post.draws["sigma"])
+    assert mu.shape == (3, 500) and sigma.shape == (3, 500)
+    assert np.all(np.isfinite(mu)) and np.all(sigma > 0)
+    assert post.sample_stats["n_steps"].shape == (3, 500)
+    assert not np.array_equal(mu[0], mu[1])
+    idata = post.to_inference_data()
+    assert idata.posterior["mu"].shape == (3, 500)
+    # the posterior: mu's mean and sd against a long NumPyro run, within Monte Carlo error
+    ref = rb.sample(
         _model(),
         _log_joint,
         Y,
-        key=jax.random.key(1),
-        num_warmup=200,
-        num_samples=150,
+        key=jax.random.key(9),
+        num_warmup=500,
+        num_samples=4000,
         num_chains=2,
-        chain_method="sequential",
+        chain_method="vectorized",
         progress_bar=False,
     )
-    assert post.mcmc.chain_method == "sequential"
-    mu, sigma = np.asarray(post.draws["mu"]), np.asarray(post.draws["sigma"])
-    assert mu.shape == (2, 150) and sigma.shape == (2, 150)
-    assert np.all(np.isfinite(mu)) and np.all(sigma > 0)
-    assert post.sample_stats["n_steps"].shape == (2, 150)
-    assert not np.array_equal(mu[0], mu[1])
-    idata = post.to_inference_data()
-    assert idata.posterior["mu"].shape == (2, 150)
+    import arviz as az
+
+    ess = float(az.ess(idata, var_names=["mu"])["mu"])
+    r = np.asarray(ref.draws["mu"]).ravel()
+    assert abs(mu.mean() - r.mean()) < 4 * r.std() / np.sqrt(ess), (mu.mean(), r.mean(), ess)
+    assert float(az.rhat(idata, var_names=["mu"])["mu"]) < 1.02
+    # a second call of the same shapes compiles nothing; resume is refused by name
+    again = rb.sample(_model(), _log_joint, Y, key=jax.random.key(2), progress_bar=True, **kwargs)
+    assert len(_sharded._RUNS) == before + 1 and not np.array_equal(np.asarray(again.draws["mu"]), mu)
+    with pytest.raises(ValueError, match="chain_method='vectorized'"):
+        post.resume(10)
