@@ -106,7 +106,7 @@ def native_model(model, log_joint, data):
     return npmodel
 
 
-def run_bridge(case, seed, approx_kind, num_warmup=None, offer=None):
+def run_bridge(case, seed, approx_kind, num_warmup=None, offer=None, chain_method=None):
     """``offer``: where the approximation's k-hat is below ``offer`` (0.5 in ``rb.sample``'s
     warning; 0.7 is PSIS's reliability bound for 10,000 draws), its PSIS-resampled draws are the
     result (``approx.to_posterior``, no MCMC; Laplace with ``OFFER_PSIS_DRAWS`` PSIS draws), as
@@ -134,6 +134,7 @@ def run_bridge(case, seed, approx_kind, num_warmup=None, offer=None):
         num_warmup=num_warmup,
         num_samples=NUM_SAMPLES,
         num_chains=NUM_CHAINS,
+        chain_method=chain_method,
         progress_bar=False,
         **case.sample_kwargs,
     )
@@ -195,10 +196,10 @@ def run_blackjax(case, seed):
     return time.perf_counter() - t0, idata, {}
 
 
-def child(name: str, repeats: int, seed: int, approx_kind: str, warmups=None, sides=None, offer=None) -> dict:
+def child(name, repeats, seed, approx_kind, warmups=None, sides=None, offer=None, chain_method=None) -> dict:
     case = CASES[name]
     runners = {
-        "bridge": lambda s: run_bridge(case, s, approx_kind, offer=offer),
+        "bridge": lambda s: run_bridge(case, s, approx_kind, offer=offer, chain_method=chain_method),
         "native": lambda s: run_native(case, s),
         "blackjax": lambda s: run_blackjax(case, s),
     }
@@ -214,6 +215,9 @@ def child(name: str, repeats: int, seed: int, approx_kind: str, warmups=None, si
     with jax.enable_x64(case.x64):
         for r in range(repeats):
             for k in order[r % len(order) :] + order[: r % len(order)]:  # rotate which workflow goes first
+                # every run cold: the bridge keeps compiled programs per signature (its fit loop, its
+                # sampler) and a repeat would reuse them where NumPyro and BlackJAX compile anew
+                jax.clear_caches()
                 c0 = time.process_time()
                 secs, idata, extra = runners[k](seed + r)
                 cpu = time.process_time() - c0  # all threads: the work done, robust to other jobs
@@ -258,10 +262,13 @@ def main(argv=None):
         metavar="KHAT",
         help="bridge: where k-hat < KHAT (default 0.5), the approximation's PSIS-resampled draws are the result",
     )
+    p.add_argument(
+        "--bridge-chain-method", default=None, help="rb.sample's chain_method for the bridge (default: its default)"
+    )
     a = p.parse_args(argv)
     repeats = a.repeats or 1
     if a.child:
-        res = child(a.child, repeats, a.seed, a.approx, a.warmups, a.sides, a.offer_draws)
+        res = child(a.child, repeats, a.seed, a.approx, a.warmups, a.sides, a.offer_draws, a.bridge_chain_method)
         print("RESULT " + json.dumps({"posterior": a.child, **res}), flush=True)
         return
     names = [n for n in CASES if not a.only or any(s in n for s in a.only)]
@@ -285,6 +292,7 @@ def main(argv=None):
             ]
             + (["--sides", *a.sides] if a.sides else [])
             + (["--offer-draws", str(a.offer_draws)] if a.offer_draws is not None else [])
+            + (["--bridge-chain-method", a.bridge_chain_method] if a.bridge_chain_method else [])
         )
         proc = subprocess.run(
             cmd,
