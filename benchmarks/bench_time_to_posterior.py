@@ -217,7 +217,7 @@ def child(name, repeats, seed, approx_kind, warmups=None, sides=None, offer=None
             for k in order[r % len(order) :] + order[: r % len(order)]:  # rotate which workflow goes first
                 # every run cold: the bridge keeps compiled programs per signature (its fit loop, its
                 # sampler) and a repeat would reuse them where NumPyro and BlackJAX compile anew
-                jax.clear_caches()
+                rb.clear_caches()
                 c0 = time.process_time()
                 secs, idata, extra = runners[k](seed + r)
                 cpu = time.process_time() - c0  # all threads: the work done, robust to other jobs

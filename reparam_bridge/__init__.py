@@ -33,6 +33,7 @@ from ._bijectors import Real as Real
 from ._bijectors import Simplex as Simplex
 from ._bijectors import ZeroSum as ZeroSum
 from ._bijectors import reparameterize as reparameterize
+from ._caches import clear_caches as clear_caches
 from ._checks import ReliabilityWarning as ReliabilityWarning
 from ._constraint import Clamp as Clamp
 from ._constraint import Constraint as Constraint
@@ -122,6 +123,7 @@ __all__ = [
     "LaplaceResult",
     "sample",
     "Posterior",
+    "clear_caches",
     "compile_effort",
     "variational",
     "VariationalResult",

@@ -81,7 +81,9 @@ class Posterior:
             values, shaped ``(chain, draw, ...)``.
         sample_stats: ``diverging``, ``n_steps``, ``tree_depth``, ``energy``, ``lp``,
             ``acceptance_rate``, ``step_size`` (ArviZ names), each ``(chain, draw)``.
-        mcmc: the NumPyro ``MCMC`` object (``None`` after :meth:`load`).
+        mcmc: the NumPyro ``MCMC`` object where NumPyro's MCMC ran (``chain_method`` "vectorized"
+            or "parallel", or ``checkpoint=``); ``None`` for the bridge's own loop ("sequential",
+            the default on CPU, and "sharded") and after :meth:`load`.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Posterior:
         self._last_state = None
         self._writer = None  # a checkpoint directory's writer: resume keeps writing there
         self._config = None  # the kernel settings, when loaded from a checkpoint
+        self._loop = None  # how the bridge's own loop ran (chain_method 'sequential'/'sharded'): for resume
         self._quick_compile = False  # whether rb.sample compiled with less optimisation (_effort)
         self.coords: dict | None = None  # az.from_numpyro's coords/dims, used by to_inference_data
         self.dims: dict | None = None
@@ -232,12 +235,15 @@ class Posterior:
     def _resume(self, num_samples, progress_bar, log_joint, args) -> "Posterior":
         if self._writer is not None:
             return self._resume_checkpoint(num_samples, progress_bar, log_joint, args)
+        if self.mcmc is None and self._loop is not None:  # the bridge's own loop ran it
+            from ._sharded import resume
+
+            return resume(self, num_samples, progress_bar)
         if self.mcmc is None:
             raise ValueError(
-                "resume: this Posterior has no sampler state: it was loaded from a Posterior.save "
-                "directory (draws only), or sampled with chain_method='sharded' or 'sequential' (the "
-                "bridge's compiled loop keeps no NumPyro MCMC). To resume, sample with "
-                "chain_method='vectorized' (or rb.sample(..., checkpoint=DIR) and load that directory)."
+                "resume: this Posterior has no sampler state (it was loaded from a Posterior.save "
+                "directory, which keeps draws only). To resume after loading, sample with "
+                "rb.sample(..., checkpoint=DIR) and load that directory."
             )
         # A shallow copy shares NumPyro's compiled functions but leaves this Posterior's MCMC
         # (and any other Posterior resumed from it) untouched.
@@ -268,6 +274,7 @@ class Posterior:
             log_likelihood=self._log_likelihood,
         )
         out._last_state, out._writer, out._config = last_state, self._writer, self._config
+        out._loop = self._loop
         out._quick_compile = self._quick_compile
         out.coords, out.dims = self.coords, self.dims
         check_draws(out._samples, out.sample_stats, "resume")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 from numpyro.infer import HMC, MCMC, NUTS
+from numpyro.infer.ensemble import EnsembleSampler
 
 from . import _checkpoint, _checks, _effort, _warmstart
 from ._density import partition
@@ -94,18 +95,19 @@ def sample(
         chain_method: ``"sharded"``: chains split over every device of every process (a
             ``Mesh`` of ``jax.devices()``; after ``jax.distributed.initialize`` too), vectorized
             within a device; ``num_chains`` a multiple of the device count. Or NumPyro's
-            ``"parallel"`` (one chain per local device) or ``"vectorized"``. ``"sequential"``:
-            the chains one after another in one compiled program, the bridge's loop (NumPyro's
-            compiles again for each chain; with ``checkpoint=`` NumPyro's runs). On CPU it is
-            the fastest for small models, whose time is compilation (eight schools: ``rb.sample``
-            6 s against 12 s vectorized; ``benchmarks/README.md``).
+            ``"parallel"`` (one chain per local device) or ``"vectorized"`` (chains under
+            ``vmap``; the only one for ensemble kernels such as ``AIES``). ``"sequential"``: the
+            chains one after another in one compiled program, the bridge's loop (NumPyro's own
+            ``"sequential"``, which compiles again for each chain, runs only with
+            ``checkpoint=``).
             Default: ``"sharded"`` when some array in ``args`` is split over devices (it stays
             split; see ``reparam_bridge._sharded``), else ``"parallel"`` when there are enough
-            devices, else ``"vectorized"``. ``"sharded"`` and ``"sequential"`` return
-            ``mcmc=None`` (no ``resume``)
-            and keep their compiled sampler for the next call of the same shapes: as under
-            ``jax.jit``, a ``log_joint`` reading globals sees their values at its first call
-            (``jax.clear_caches()`` makes the next call trace it again).
+            local devices, else on CPU ``"sequential"`` (measured fastest on every posterior
+            tried, ``benchmarks/README.md``), else ``"vectorized"``. ``"sharded"`` and
+            ``"sequential"`` return ``mcmc=None`` (``resume`` works) and keep their compiled
+            sampler for the next call of the same shapes: as under ``jax.jit``, a
+            ``log_joint`` reading globals sees their values at its first call
+            (``rb.clear_caches()`` makes the next call trace it again).
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.
@@ -141,6 +143,12 @@ def sample(
     _checks.check_sample_args(num_warmup, num_samples, num_chains, chain_method, kernel, init_jitter, thinning)
     every = _checks.check_checkpoint_args(checkpoint, checkpoint_every, num_samples, thinning)
     _checks.check_kernel_kwargs({"nuts": NUTS, "hmc": HMC}.get(str(kernel).lower(), kernel), kernel_kwargs, "rb.sample")
+    ensemble = isinstance(kernel, type) and issubclass(kernel, EnsembleSampler)  # NumPyro's: vectorized only
+    if ensemble and chain_method in ("sequential", "sharded") and num_chains > 1:
+        raise ValueError(
+            f"rb.sample: {kernel.__name__} moves its chains together (an ensemble): it needs "
+            f"chain_method='vectorized' (or None), not {chain_method!r}."
+        )
     params, static = check_model(model, log_joint, args, "rb.sample")
 
     init_key, run_key = jax.random.split(key)
@@ -181,9 +189,9 @@ def sample(
         sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args))
         if not sharded and args_are_sharded(args):
             warnings.warn(
-                f"rb.sample: *args are split over devices, but chain_method={chain_method!r} runs NumPyro's "
-                "MCMC, whose compiled program holds them as constants on one device (the whole data set "
-                "gathered there). Pass chain_method=None or 'sharded' to keep them split.",
+                f"rb.sample: *args are split over devices, but chain_method={chain_method!r} samples on one "
+                "device, so the whole data set is gathered there. Pass chain_method=None or 'sharded' to "
+                "keep them split.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -192,7 +200,10 @@ def sample(
                 "rb.sample: checkpoint= is not supported with chain_method='sharded' (or sharded data) yet; "
                 "drop checkpoint= or pass chain_method='vectorized'."
             )
-        # chains in sequence: the bridge's loop, compiled once (NumPyro's compiles per chain)
+        # chains in sequence: the bridge's loop, compiled once (NumPyro's compiles per chain);
+        # by default on CPU where there are fewer devices than chains (measured: _default_method)
+        if chain_method is None and not sharded and checkpoint is None:
+            chain_method = "vectorized" if ensemble else _default_method(num_chains)
         sequential = chain_method == "sequential" and checkpoint is None and not sharded
         if sharded or sequential:
             post = sample_sharded(
@@ -250,6 +261,19 @@ def sample(
         post.to_inference_data()  # bad coords/dims fail here, not at the user's later call
     check_draws(post._samples, post.sample_stats)
     return post
+
+
+def _default_method(num_chains: int) -> str:
+    """``"parallel"`` (NumPyro's ``pmap``, one chain per device) where there are enough local
+    devices; else on CPU ``"sequential"``, the bridge's compiled loop; else (an accelerator)
+    ``"vectorized"``. On CPU the chains in sequence beat NumPyro's vectorized method on every
+    posterior measured (``benchmarks/README.md``, "Default chain_method"): an unbatched NUTS
+    traces ~5x faster and compiles no slower, runs without waiting for the longest tree of the
+    batch, and a second call of the same shapes compiles nothing."""
+    if jax.local_device_count() >= num_chains > 1:
+        return "parallel"
+    # (several processes: each samples on its own, as NumPyro's MCMC does there)
+    return "sequential" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "vectorized"
 
 
 def _mcmc(

@@ -16,7 +16,13 @@ function whose inputs carry shardings:
   the data's mesh has an axis named ``"chains"``, the chains are split along it too.
 
 The draws are gathered to the host (on every process, process 0 included) into an ordinary
-:class:`~reparam_bridge.Posterior`. The two recipes, which run unchanged on one CPU:
+:class:`~reparam_bridge.Posterior`.
+
+The same loop serves ``chain_method="sequential"`` (the default on CPU): on one device, the
+chains one after another under ``lax.map``, NumPyro's kernel unbatched (traced ~5x faster than
+under ``vmap``, compiled once). Either way the compiled sampler is kept per configuration (and
+per fingerprint of the density, so a changed global is seen), and ``Posterior.resume`` continues
+the chains from the last states it returns. The two recipes, which run unchanged on one CPU:
 
     >>> import jax, numpy as np, numpyro.distributions as dist
     >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -40,6 +46,7 @@ The draws are gathered to the host (on every process, process 0 included) into a
     ((2, 100), True)
 """
 
+import hashlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -161,6 +168,7 @@ def sample_sharded(
     log_likelihood: Callable | None,
     progress_bar: bool = False,
     sequential: bool = False,
+    state: Any = None,
 ):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
     mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``). The bar (on
@@ -170,7 +178,10 @@ def sample_sharded(
     (``lax.map``) in one compiled program. NumPyro's own sequential method compiles its loop
     again for every chain (its ``fori_collect`` wraps the body in a new ``jit`` each call), and
     its vectorized method traces NUTS under ``vmap`` (~2.3 s of eight schools' 12 s); an
-    unbatched NUTS traces in ~0.5 s and compiles no slower (``benchmarks/README.md``)."""
+    unbatched NUTS traces in ~0.5 s and compiles no slower (``benchmarks/README.md``).
+
+    ``state``: the kernel's last state of an earlier run (chain axis first; ``num_warmup=0``):
+    :meth:`Posterior.resume` continues those chains (see :func:`resume`)."""
     from ._posterior import _EXTRA_FIELDS, Posterior, _sample_stats
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
@@ -185,7 +196,7 @@ def sample_sharded(
     keys = jax.random.split(key, num_chains)
     keys = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
     keys = _global(np.asarray(keys), chains)
-    init = jax.tree_util.tree_map(lambda x: _global(np.asarray(x), chains), init_params)
+    init = jax.tree_util.tree_map(lambda x: _global(x, chains), init_params)  # (a resume's: already placed)
     # The data's arrays and a seeded mass matrix and step size are arguments of the compiled
     # function: constants would be copied onto one device, and the program is reused by the next
     # call with new values of the same shapes (a warm start brings a new mass matrix and step
@@ -205,19 +216,78 @@ def sample_sharded(
     typed = tuple((type(x), x) for x in leaves)
     # the effort flag too: a sampler compiled with less optimisation is not one compiled with full
     config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential)
-    config += (_effort.flag(),)
+    config += (_effort.flag(), _fingerprint(log_joint, static, args, init_params))
     with _Progress(bar_total if jax.process_index() == 0 and every else 0, sequential):
-        out = _gather(_compiled_run((*config, every))(keys, init, dynamic))
+        draws, last = _compiled_run((*config, every))(keys, init, dynamic, state)
+        out = jax.tree_util.tree_map(np.asarray, draws) if sequential else _gather(draws)  # (this process's)
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
     depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
     depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
     stats = _sample_stats(out, depth) if fields else {}
-    return Posterior(
+    post = Posterior(
         model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
     )
+    # what resume() needs: the chains' last states (on their devices) and how they were run
+    post._last_state = last
+    post._loop = dict(kernel=kernel, kernel_kwargs=kernel_kwargs, thinning=thinning, sequential=sequential)
+    post._loop["num_samples"] = num_samples
+    return post
+
+
+def resume(post: Any, num_samples: int | None, progress_bar: bool) -> Any:
+    """:meth:`Posterior.resume` of a run of this module's loop: the same chains from their last
+    states (step size and mass matrix as adapted), ``num_samples`` more draws (default: as many
+    as the run had), no warmup."""
+    loop = post._loop
+    new = sample_sharded(
+        post.model,
+        post._static,
+        post._log_joint,
+        post._args,
+        loop["kernel"],
+        loop["kernel_kwargs"],
+        post._last_state.z,
+        jax.random.key(0),  # unused: each chain's key is in its state
+        num_warmup=0,
+        num_samples=loop["num_samples"] if num_samples is None else num_samples,
+        thinning=loop["thinning"],
+        log_likelihood=post._log_likelihood,
+        progress_bar=progress_bar,
+        sequential=loop["sequential"],
+        state=post._last_state,
+    )
+    out = post._append(new._samples, new.sample_stats, None, new._last_state)
+    out._loop = {**loop, "num_samples": new.num_draws}  # the next resume() adds as many (as NumPyro's)
+    return out
 
 
 _SEEDED = ("inverse_mass_matrix", "step_size")  # kernel options NumPyro only uses in jnp/lax ops
+
+
+def _fingerprint(log_joint: Callable, static: PyTree, args: tuple, init_params: PyTree) -> tuple:
+    """The density as the compiled sampler would see it: its jaxpr (operations and literals) and
+    its constants (closed-over arrays, and globals read while tracing), traced now on abstract
+    values (~10-50 ms). Part of the sampler's cache key, so that a ``log_joint`` reading a global
+    that has changed since a sampler was compiled gets a new one: NumPyro's ``MCMC`` traces on
+    every call, and a cached sampler must not silently sample the old density."""
+    from ._posterior import _logdensity_fn
+
+    one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), init_params)
+    spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if _is_data(x) else x  # noqa: E731
+    abstract = jax.tree_util.tree_map(spec, args)
+    arrays, others = eqx.partition(abstract, lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    closed = jax.make_jaxpr(lambda p, a: _logdensity_fn(log_joint, static, eqx.combine(a, others))(p))(one, arrays)
+    return str(closed.jaxpr), tuple(_value_id(c) for c in closed.consts)
+
+
+def _value_id(x: Any) -> tuple:
+    if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    try:
+        host = np.ascontiguousarray(np.asarray(x))
+    except Exception:  # spans other processes' devices: by identity
+        return ("id", id(x))
+    return host.shape, str(host.dtype), hashlib.sha1(host.tobytes()).hexdigest()
 
 
 def _is_data(x: Any) -> bool:
@@ -285,7 +355,7 @@ def _build_run(config: tuple) -> Callable:
     from ._posterior import _logdensity_fn
 
     log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential = config[:11]
-    every = config[-1]  # (config[11]: the effort flag, only a cache key here)
+    every = config[-1]  # (config[11:13]: the effort flag and the density's fingerprint, only cache keys here)
     total = num_warmup + num_samples * thinning
     others, static, options = jax.tree_util.tree_unflatten(closed, [x for _, x in typed])
 
@@ -298,20 +368,23 @@ def _build_run(config: tuple) -> Callable:
             out[name] = value
         return out
 
-    def run(keys, init, dynamic):
+    def run(keys, init, dynamic, state):
+        """The draws ``(chain, draw, ...)`` and the chains' last states (chain axis first)."""
         if sequential:  # one chain at a time: NumPyro's unbatched kernel, traced once
             chains = jnp.arange(jax.tree_util.tree_leaves(init)[0].shape[0])
-            return jax.lax.map(lambda x: run_chains(*x, dynamic), (keys, init, chains))
-        out = run_chains(keys, init, 0, dynamic)
-        return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)  # (chain, draw, ...)
+            return jax.lax.map(lambda x: run_chains(x[0], x[1], x[2], dynamic, x[3]), (keys, init, chains, state))
+        draws, last = run_chains(keys, init, 0, dynamic, state)
+        return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), draws), last
 
-    def run_chains(keys, init, chain, dynamic):
+    def run_chains(keys, init, chain, dynamic, state):
         """The chains of ``keys`` (a chain axis: NumPyro's vectorized path, vmap of its init and
-        sample; none: one chain, ``chain`` of the bar's count), draws shaped (draw, ...)."""
+        sample; none: one chain, ``chain`` of the bar's count), from ``state`` if given (a
+        resume; the kernel's init still runs, to set it up), draws shaped (draw, ...)."""
         arrays, seeded = dynamic
         logdensity = _logdensity_fn(log_joint, static, eqx.combine(arrays, others))
         sampler = kernel(potential_fn=lambda p: -logdensity(p), **options, **seeded)
-        state = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
+        first = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
+        state = first if state is None else state
         # One loop over warmup and sampling compiles NUTS once (a loop for each would compile
         # it twice); draw k is written at slot k // thinning, in place.
         buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((num_samples, *x.shape), x.dtype), collect(state))
@@ -332,12 +405,13 @@ def _build_run(config: tuple) -> Callable:
 
             return state, jax.tree_util.tree_map(write, buffer, collect(state))
 
-        return jax.lax.fori_loop(0, total, body, (state, buffer))[1]
+        state, draws = jax.lax.fori_loop(0, total, body, (state, buffer))
+        return draws, state
 
     if spec == P(CHAINS):
         # manual over the chain axis only: each device runs its own chains' loops; any other
         # mesh axis (the data's) stays under XLA's automatic partitioning
         run = jax.shard_map(
-            run, mesh=mesh, in_specs=(spec, spec, P()), out_specs=spec, axis_names={CHAINS}, check_vma=False
+            run, mesh=mesh, in_specs=(spec, spec, P(), spec), out_specs=spec, axis_names={CHAINS}, check_vma=False
         )
     return jax.jit(run)

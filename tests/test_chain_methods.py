@@ -66,17 +66,20 @@ def test_parallel_chains_over_cpu_devices():
     assert "OK parallel (4, 150)" in out.stdout
 
 
-def test_sequential_chains_in_process(capsys):
+def test_sequential_chains_in_process(monkeypatch):
     # the bridge's loop: the chains one after another in one compiled program, compiled once
     # (NumPyro's sequential method compiles its loop again for every chain)
     from reparam_bridge import _sharded
 
+    ticks = []
+    tick = _sharded._Progress.tick
+    monkeypatch.setattr(_sharded._Progress, "tick", staticmethod(lambda step: (ticks.append(int(step)), tick(step))))
     kwargs = dict(num_warmup=300, num_samples=500, num_chains=3, chain_method="sequential")
-    before = len(_sharded._RUNS)
+    rb.clear_caches()
     post = rb.sample(_model(), _log_joint, Y, key=jax.random.key(1), progress_bar=True, **kwargs)
-    assert len(_sharded._RUNS) == before + 1 and post.mcmc is None
-    # the bar counts every chain's iterations, not the first chain's
-    assert "2400/2400" in capsys.readouterr().err
+    assert len(_sharded._RUNS) == 1 and post.mcmc is None
+    # the bar counts every chain's iterations in turn, not the first chain's again and again
+    assert sorted(ticks) == [c * 800 + k for c in range(3) for k in range(40, 801, 40)], ticks
     mu, sigma = np.asarray(post.draws["mu"]), np.asarray(post.draws["sigma"])
     assert mu.shape == (3, 500) and sigma.shape == (3, 500)
     assert np.all(np.isfinite(mu)) and np.all(sigma > 0)
@@ -101,9 +104,76 @@ def test_sequential_chains_in_process(capsys):
     ess = float(az.ess(idata, var_names=["mu"])["mu"])
     r = np.asarray(ref.draws["mu"]).ravel()
     assert abs(mu.mean() - r.mean()) < 4 * r.std() / np.sqrt(ess), (mu.mean(), r.mean(), ess)
+    assert abs(mu.std() - r.std()) < 4 * r.std() / np.sqrt(2 * ess), (mu.std(), r.std(), ess)  # sd's MCSE
     assert float(az.rhat(idata, var_names=["mu"])["mu"]) < 1.02
-    # a second call of the same shapes compiles nothing; resume is refused by name
+    # a second call of the same shapes compiles nothing
     again = rb.sample(_model(), _log_joint, Y, key=jax.random.key(2), progress_bar=True, **kwargs)
-    assert len(_sharded._RUNS) == before + 1 and not np.array_equal(np.asarray(again.draws["mu"]), mu)
-    with pytest.raises(ValueError, match="chain_method='vectorized'"):
-        post.resume(10)
+    assert len(_sharded._RUNS) == 1 and not np.array_equal(np.asarray(again.draws["mu"]), mu)
+    # resume continues the same chains: the old draws kept, new ones after them, no new warmup
+    # (the adapted step size, the same in every new draw of a chain), and in two steps the same
+    # draws as in one
+    more = post.resume(100)
+    assert more.draws["mu"].shape == (3, 600) and more.sample_stats["n_steps"].shape == (3, 600)
+    np.testing.assert_array_equal(np.asarray(more.draws["mu"])[:, :500], mu)
+    step = np.asarray(more.sample_stats["step_size"])
+    np.testing.assert_array_equal(step[:, 500:], np.repeat(step[:, 499:500], 100, axis=1))
+    two = more.resume(100)  # the same program as the first resume
+    one = post.resume(200)
+    np.testing.assert_array_equal(np.asarray(two.draws["mu"]), np.asarray(one.draws["mu"]))
+    assert not np.array_equal(np.asarray(more.draws["mu"])[:, 500:], mu[:, :100])
+
+
+def test_clear_caches_forgets_the_compiled_sampler():
+    from reparam_bridge import _checks, _sharded
+
+    kw = dict(num_warmup=100, num_samples=50, num_chains=2, chain_method="sequential", progress_bar=False)
+    first = rb.sample(_model(), _log_joint, Y, key=jax.random.key(0), **kw)
+    rb.map_estimate(_model(), _log_joint, Y, steps=5, progress_bar=False, tol=None)  # its checks are kept
+    assert _sharded._RUNS and _checks._PASSED
+    rb.clear_caches()
+    assert not _sharded._RUNS and not _checks._PASSED
+    post = rb.sample(_model(), _log_joint, Y, key=jax.random.key(0), **kw)  # compiled afresh: the same draws
+    assert len(_sharded._RUNS) == 1
+    np.testing.assert_array_equal(np.asarray(post.draws["mu"]), np.asarray(first.draws["mu"]))
+
+
+SHIFT = 0.0
+
+
+def test_a_changed_global_is_sampled_not_the_cached_one():
+    # the default (the bridge's loop) keeps its compiled sampler, but a log_joint that reads a
+    # global sees its new value, as with NumPyro's MCMC (which traces every call)
+    global SHIFT
+
+    def log_joint(m, y):
+        return _log_joint(m, y + SHIFT)
+
+    kw = dict(num_warmup=200, num_samples=200, num_chains=2, progress_bar=False)
+    before = rb.sample(_model(), log_joint, Y, key=jax.random.key(3), **kw)
+    SHIFT = 3.0
+    try:
+        after = rb.sample(_model(), log_joint, Y, key=jax.random.key(3), **kw)
+    finally:
+        SHIFT = 0.0
+    assert before.mcmc is None and after.mcmc is None  # the default on CPU: the bridge's loop
+    assert abs(float(np.mean(before.draws["mu"])) - Y.mean()) < 1.0
+    assert abs(float(np.mean(after.draws["mu"])) - (Y.mean() + 3.0)) < 1.0
+
+
+def test_ensemble_kernels_keep_numpyros_vectorized_chains():
+    from numpyro.infer import AIES
+
+    post = rb.sample(
+        _model(),
+        _log_joint,
+        Y,
+        key=jax.random.key(0),
+        kernel=AIES,
+        num_chains=8,
+        num_warmup=100,
+        num_samples=50,
+        progress_bar=False,
+    )
+    assert post.mcmc.chain_method == "vectorized" and post.draws["mu"].shape == (8, 50)
+    with pytest.raises(ValueError, match="AIES.*vectorized"):
+        rb.sample(_model(), _log_joint, Y, key=jax.random.key(0), kernel=AIES, num_chains=8, chain_method="sequential")

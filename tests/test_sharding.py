@@ -102,6 +102,11 @@ FOUR_DEVICES = COMMON + textwrap.dedent(
     assert "num_partitions=4" in hlo, hlo[:300]
     for op in ("all-reduce(", "all-gather(", "collective-permute(", "all-to-all("):
         assert op not in hlo, op
+    # resume: the same chains, from their last states on their devices, no new warmup
+    more = post.resume(100)
+    assert more.draws["mu"].shape == (8, 500) and more.mcmc is None
+    np.testing.assert_array_equal(np.asarray(more.draws["mu"])[:, :400], np.asarray(post.draws["mu"]))
+    np.testing.assert_array_equal(more.sample_stats["step_size"][:, 400:], post.sample_stats["step_size"][:, -1:].repeat(100, 1))
 
     # 2. big data: 4008 observations split over 4 devices; chains replicated
     N = 4008

@@ -106,6 +106,31 @@ def test_num_warmup_overrides_and_diagonal_seed(approx):
     )
 
 
+def test_the_default_loop_is_seeded_too(approx):
+    # on CPU the default is the bridge's compiled loop (chains in sequence), not NumPyro's MCMC:
+    # the seeded metric reaches its kernel (no warmup, so the last state still holds it)
+    X, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GoodApproximationWarning)
+        post = rb.sample(
+            MODEL,
+            _log_joint,
+            X,
+            y,
+            key=jax.random.key(4),
+            init=approx,
+            num_warmup=0,
+            num_samples=5,
+            num_chains=2,
+            progress_bar=False,
+            dense_mass=True,
+        )
+    assert post.mcmc is None and post.draws["beta"].shape == (2, 5, 3)
+    inverse_mass = np.asarray(post._last_state.adapt_state.inverse_mass_matrix)
+    for chain in range(2):
+        np.testing.assert_allclose(inverse_mass[chain], approx.covariance, rtol=1e-4, atol=1e-8)
+
+
 def test_starts_are_distinct_draws(approx):
     starts = approx.initial_params(jax.random.key(3), 4)["beta"].unconstrained
     assert starts.shape == (4, 3)

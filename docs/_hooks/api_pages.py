@@ -100,7 +100,7 @@ GROUPS: list[tuple[str, str, str, list[str]]] = [
         "sampling",
         "Sampling",
         "NumPyro's NUTS over the free arrays; draws come back as the user's model type and as ArviZ data.",
-        ["sample", "Posterior", "compile_effort", "ReliabilityWarning"],
+        ["sample", "Posterior", "compile_effort", "clear_caches", "ReliabilityWarning"],
     ),
 ]
 OTHER = ("more", "More public names", "Public names not yet placed in a group of their own.", [])
