@@ -76,7 +76,7 @@ def run_case(name: str, seed: int = 0, log_joint=None, **overrides) -> tuple[rb.
             num_warmup=NUM_WARMUP,
             num_samples=NUM_SAMPLES,
             num_chains=NUM_CHAINS,
-            chain_method="vectorized",
+            chain_method=None,  # the default: on CPU the bridge's loop, chains in sequence
             progress_bar=False,
             **{**case.sample_kwargs, **overrides},
         )

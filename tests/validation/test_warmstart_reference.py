@@ -26,10 +26,14 @@ pytestmark = pytest.mark.slow
 
 @needs_data
 @pytest.mark.parametrize(
-    "name, approx",
-    [("eight_schools-eight_schools_noncentered", "pathfinder"), ("kidiq-kidscore_momiq", "laplace")],
+    "name, approx, chain_method",
+    # NumPyro's MCMC, and the default on CPU (the bridge's loop, chains in sequence)
+    [
+        ("eight_schools-eight_schools_noncentered", "pathfinder", "vectorized"),
+        ("kidiq-kidscore_momiq", "laplace", None),
+    ],
 )
-def test_seeded_path_reproduces_reference(name, approx):
+def test_seeded_path_reproduces_reference(name, approx, chain_method):
     case, posterior = CASES[name], load(name)
     with jax.enable_x64(case.x64):
         data = case.data(posterior["data"])
@@ -49,11 +53,14 @@ def test_seeded_path_reproduces_reference(name, approx):
                 init=q,
                 num_samples=NUM_SAMPLES,
                 num_chains=NUM_CHAINS,
-                chain_method="vectorized",
+                chain_method=chain_method,
                 progress_bar=False,
                 **case.sample_kwargs,
             )
-        assert post.mcmc.num_warmup == SEEDED_NUM_WARMUP
+        if post.mcmc is not None:
+            assert post.mcmc.num_warmup == SEEDED_NUM_WARMUP
+        else:  # the bridge's loop: each chain's last state counts its iterations
+            assert (post._last_state.i == SEEDED_NUM_WARMUP + NUM_SAMPLES).all()
         values = reference_draws(case, post.draws, data, list(posterior["reference"]))
     failures = check_draws(values, posterior["reference"]) + check_divergences(post)
     assert not failures, f"{name} ({approx}):\n  " + "\n  ".join(failures)
