@@ -105,9 +105,12 @@ def sample(
             local devices, else on CPU ``"sequential"`` (measured fastest on every posterior
             tried, ``benchmarks/README.md``), else ``"vectorized"``. ``"sharded"`` and
             ``"sequential"`` return ``mcmc=None`` (``resume`` works) and keep their compiled
-            sampler for the next call of the same shapes: as under ``jax.jit``, a
-            ``log_joint`` reading globals sees their values at its first call
-            (``rb.clear_caches()`` makes the next call trace it again).
+            sampler for the next call of the same shapes (compiled again when the model's
+            frozen part or the kernel options hold arrays). A ``log_joint`` that reads a
+            changed global is compiled anew (the cache is keyed by the density's jaxpr and
+            constants), as NumPyro's ``MCMC`` traces every call.
+        thinning: keep every ``thinning``-th draw, as NumPyro's ``MCMC``: ``num_samples //
+            thinning`` draws per chain out of ``num_samples`` iterations after warmup.
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.
         log_likelihood: optional ``fn(unwrapped_model, *args)`` returning pointwise
             log-likelihoods (an array, or a dict of arrays): stored for ``az.loo``/``az.waic``.
@@ -168,7 +171,7 @@ def sample(
     first = jax.tree_util.tree_map(lambda x: x[0], init_params)
     quick = _effort.decide(
         lambda: _effort.elementwise_ops(lambda p, a: neg_log_density(p, *a), first, args),
-        _effort.sampler_evaluations(num_chains, num_warmup + num_samples * thinning, kernel_kwargs),
+        _effort.sampler_evaluations(num_chains, num_warmup + num_samples, kernel_kwargs),  # (thinning keeps fewer)
     )
     with _effort.effort(quick):
         # The same compiled potential checks the starts and serves NumPyro (no extra compile);
@@ -186,7 +189,7 @@ def sample(
                 "Start from valid values (e.g. the result of rb.map_estimate) or pass init=."
             )
 
-        sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args))
+        sharded = chain_method == "sharded" or (chain_method is None and args_are_sharded(args) and not ensemble)
         if not sharded and args_are_sharded(args):
             warnings.warn(
                 f"rb.sample: *args are split over devices, but chain_method={chain_method!r} samples on one "
@@ -202,8 +205,11 @@ def sample(
             )
         # chains in sequence: the bridge's loop, compiled once (NumPyro's compiles per chain);
         # by default on CPU where there are fewer devices than chains (measured: _default_method)
-        if chain_method is None and not sharded and checkpoint is None:
-            chain_method = "vectorized" if ensemble else _default_method(num_chains)
+        if chain_method is None and not sharded:
+            if ensemble or not isinstance(_kernel_class(kernel), type):  # (a partial(NUTS, ...): NumPyro's MCMC)
+                chain_method = "vectorized"
+            elif checkpoint is None:
+                chain_method = _default_method(num_chains)
         sequential = chain_method == "sequential" and checkpoint is None and not sharded
         if sharded or sequential:
             post = sample_sharded(
@@ -269,7 +275,7 @@ def _default_method(num_chains: int) -> str:
     ``"vectorized"``. On CPU the chains in sequence beat NumPyro's vectorized method on every
     posterior measured (``benchmarks/README.md``, "Default chain_method"): an unbatched NUTS
     traces ~5x faster and compiles no slower, runs without waiting for the longest tree of the
-    batch, and a second call of the same shapes compiles nothing."""
+    batch, and a second call of the same shapes compiles nothing (no arrays in the frozen part)."""
     if jax.local_device_count() >= num_chains > 1:
         return "parallel"
     # (several processes: each samples on its own, as NumPyro's MCMC does there)

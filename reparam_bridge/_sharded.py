@@ -209,7 +209,7 @@ def sample_sharded(
     dynamic = jax.tree_util.tree_map(lambda x: _global(x, replicated), (arrays, seeded))
     leaves, closed = jax.tree_util.tree_flatten((others, static, options))
     fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
-    total = num_warmup + num_samples * thinning
+    total = num_warmup + num_samples  # as NumPyro's MCMC: thinning keeps num_samples // thinning of them
     every = max(1, total // 20) if progress_bar else 0
     bar_total = total * num_chains if sequential else total  # in sequence, the bar runs over every chain
     # leaves by type and value: 1, 1.0 and True compare equal but trace differently
@@ -267,9 +267,10 @@ _SEEDED = ("inverse_mass_matrix", "step_size")  # kernel options NumPyro only us
 def _fingerprint(log_joint: Callable, static: PyTree, args: tuple, init_params: PyTree) -> tuple:
     """The density as the compiled sampler would see it: its jaxpr (operations and literals) and
     its constants (closed-over arrays, and globals read while tracing), traced now on abstract
-    values (~10-50 ms). Part of the sampler's cache key, so that a ``log_joint`` reading a global
-    that has changed since a sampler was compiled gets a new one: NumPyro's ``MCMC`` traces on
-    every call, and a cached sampler must not silently sample the old density."""
+    values (~10-50 ms, plus hashing NumPy constants). Part of the sampler's cache key, so that a
+    ``log_joint`` reading a global that has changed since a sampler was compiled gets a new
+    one: NumPyro's ``MCMC`` traces on every call, and a kept sampler must not silently sample
+    the old density."""
     from ._posterior import _logdensity_fn
 
     one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), init_params)
@@ -280,14 +281,27 @@ def _fingerprint(log_joint: Callable, static: PyTree, args: tuple, init_params: 
     return str(closed.jaxpr), tuple(_value_id(c) for c in closed.consts)
 
 
-def _value_id(x: Any) -> tuple:
-    if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    try:
-        host = np.ascontiguousarray(np.asarray(x))
-    except Exception:  # spans other processes' devices: by identity
-        return ("id", id(x))
-    return host.shape, str(host.dtype), hashlib.sha1(host.tobytes()).hexdigest()
+def _value_id(x: Any) -> Any:
+    """A constant of the density, as a cache key: a JAX array by identity (immutable; the key
+    holds it, so its id is not reused), anything else (NumPy arrays can change in place) by a
+    hash of its bytes (~0.3 s for 200 MB)."""
+    if isinstance(x, jax.Array):
+        return _Same(x)
+    host = np.ascontiguousarray(x)  # no copy when it already is
+    return host.shape, str(host.dtype), hashlib.blake2b(memoryview(host).cast("B")).hexdigest()
+
+
+class _Same:
+    """Equal to another only if it holds the very same object."""
+
+    def __init__(self, x: Any):
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.x is self.x
+
+    def __hash__(self) -> int:
+        return id(self.x)
 
 
 def _is_data(x: Any) -> bool:
@@ -296,9 +310,9 @@ def _is_data(x: Any) -> bool:
 
 
 # Compiled samplers by everything static about them (a second ``rb.sample`` of the same model
-# and data shapes compiles nothing: NUTS takes seconds to compile). As with ``jax.jit``, a
-# log_joint that reads globals sees them as they were when it was traced (``jax.clear_caches()``
-# makes the next call trace again). At most a few: each holds log_joint and its closure.
+# and data shapes compiles nothing: NUTS takes seconds to compile), including the density's
+# fingerprint (a changed global makes a new one). At most a few: each holds log_joint and its
+# closure.
 _RUNS: dict = {}
 
 
@@ -356,7 +370,10 @@ def _build_run(config: tuple) -> Callable:
 
     log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential = config[:11]
     every = config[-1]  # (config[11:13]: the effort flag and the density's fingerprint, only cache keys here)
-    total = num_warmup + num_samples * thinning
+    total = num_warmup + num_samples
+    # NumPyro's thinning (fori_collect): num_samples // thinning draws, the last of each block of
+    # `thinning` iterations counted from num_warmup + num_samples % thinning
+    kept, start = num_samples // thinning, num_warmup + num_samples % thinning
     others, static, options = jax.tree_util.tree_unflatten(closed, [x for _, x in typed])
 
     def collect(state):
@@ -387,7 +404,7 @@ def _build_run(config: tuple) -> Callable:
         state = first if state is None else state
         # One loop over warmup and sampling compiles NUTS once (a loop for each would compile
         # it twice); draw k is written at slot k // thinning, in place.
-        buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((num_samples, *x.shape), x.dtype), collect(state))
+        buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((kept, *x.shape), x.dtype), collect(state))
 
         def body(i, carry):
             state, buffer = carry
@@ -395,7 +412,7 @@ def _build_run(config: tuple) -> Callable:
             if every:  # the bar: a host callback every `every` iterations
                 done = chain * total + i + 1
                 jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(_Progress.tick, done), lambda: None)
-            k = i - num_warmup
+            k = i - start
             keep = (k >= 0) & ((k + 1) % thinning == 0)
             slot = jnp.maximum(k, 0) // thinning
 

@@ -177,3 +177,17 @@ def test_ensemble_kernels_keep_numpyros_vectorized_chains():
     assert post.mcmc.chain_method == "vectorized" and post.draws["mu"].shape == (8, 50)
     with pytest.raises(ValueError, match="AIES.*vectorized"):
         rb.sample(_model(), _log_joint, Y, key=jax.random.key(0), kernel=AIES, num_chains=8, chain_method="sequential")
+
+
+def test_thinning_means_what_it_means_in_numpyro():
+    # num_samples iterations after warmup, num_samples // thinning of them kept (the last of each
+    # block): the same on the default loop as with NumPyro's MCMC, and the thinned draws are the
+    # unthinned run's at those iterations (the chains' random streams do not depend on it)
+    kw = dict(num_warmup=50, num_samples=11, num_chains=2, progress_bar=False, kernel="hmc", num_steps=3)
+    kw["trajectory_length"] = None
+    thinned = rb.sample(_model(), _log_joint, Y, key=jax.random.key(5), thinning=3, **kw)
+    every = rb.sample(_model(), _log_joint, Y, key=jax.random.key(5), **kw)
+    numpyro = rb.sample(_model(), _log_joint, Y, key=jax.random.key(5), thinning=3, chain_method="vectorized", **kw)
+    assert thinned.mcmc is None and thinned.draws["mu"].shape == numpyro.draws["mu"].shape == (2, 3)
+    assert (np.asarray(thinned._last_state.i) == 61).all()
+    np.testing.assert_array_equal(np.asarray(thinned.draws["mu"]), np.asarray(every.draws["mu"])[:, 4::3])
