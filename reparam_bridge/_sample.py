@@ -174,8 +174,9 @@ def sample(
         _effort.sampler_evaluations(num_chains, num_warmup + num_samples, kernel_kwargs),  # (thinning keeps fewer)
     )
     with _effort.effort(quick):
-        # The same compiled potential checks the starts and serves NumPyro (no extra compile);
-        # the data is its argument, not a constant, so sharded data stays sharded.
+        # One compiled potential checks the starts (an error before the sampler compiles) and
+        # serves NumPyro's MCMC; the bridge's loop compiles its own inside its program. The data
+        # is its argument, not a constant, so sharded data stays sharded.
         potential_fn = functools.partial(eqx.filter_jit(lambda p, a: neg_log_density(p, *a)), a=args)
         init_lp = np.array(
             [-float(potential_fn(jax.tree_util.tree_map(lambda x: x[c], init_params))) for c in range(num_chains)]
