@@ -229,8 +229,9 @@ def sample_sharded(
     )
     # what resume() needs: the chains' last states (on their devices) and how they were run
     post._last_state = last
-    post._loop = dict(kernel=kernel, kernel_kwargs=kernel_kwargs, thinning=thinning, sequential=sequential)
-    post._loop["num_samples"] = num_samples
+    post._loop = dict(
+        kernel=kernel, kernel_kwargs=kernel_kwargs, thinning=thinning, sequential=sequential, num_samples=num_samples
+    )
     return post
 
 
@@ -239,6 +240,7 @@ def resume(post: Any, num_samples: int | None, progress_bar: bool) -> Any:
     states (step size and mass matrix as adapted), ``num_samples`` more draws (default: as many
     as the run had), no warmup."""
     loop = post._loop
+    num_samples = loop["num_samples"] if num_samples is None else num_samples  # iterations, as rb.sample's
     new = sample_sharded(
         post.model,
         post._static,
@@ -249,7 +251,7 @@ def resume(post: Any, num_samples: int | None, progress_bar: bool) -> Any:
         post._last_state.z,
         jax.random.key(0),  # unused: each chain's key is in its state
         num_warmup=0,
-        num_samples=loop["num_samples"] if num_samples is None else num_samples,
+        num_samples=num_samples,
         thinning=loop["thinning"],
         log_likelihood=post._log_likelihood,
         progress_bar=progress_bar,
@@ -257,7 +259,7 @@ def resume(post: Any, num_samples: int | None, progress_bar: bool) -> Any:
         state=post._last_state,
     )
     out = post._append(new._samples, new.sample_stats, None, new._last_state)
-    out._loop = {**loop, "num_samples": new.num_draws}  # the next resume() adds as many (as NumPyro's)
+    out._loop = {**loop, "num_samples": num_samples}  # the next resume() runs as many (as NumPyro's)
     return out
 
 
