@@ -48,6 +48,8 @@ the chains from the last states it returns. The two recipes, which run unchanged
 
 import hashlib
 import inspect
+import os
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -332,34 +334,71 @@ def _compiled_run(config: tuple) -> Callable:
 
 class _Progress:
     """The tqdm bar of the running sharded sample, advanced by ``tick`` from the compiled
-    loop (a host callback: on every device that runs it, hence the high-water mark)."""
+    loop (a host callback: on every device that runs it, hence the high-water mark).
+
+    It also makes Ctrl-C stop the run. The main thread waits inside XLA, where Python runs no
+    signal handler (so no ``KeyboardInterrupt``) until the whole run ends; but the C-level
+    handler writes the signal to ``signal.set_wakeup_fd``'s pipe at once. The next tick (a
+    callback thread) reads it there and raises, which stops the compiled computation, and
+    leaving the bar raises ``KeyboardInterrupt``."""
 
     current: "_Progress | None" = None
 
     def __init__(self, total: int, sequential: bool = False):
         self.total, self.done, self.bar, self.lock = total, 0, None, threading.Lock()
         self.desc = "rb.sample (chains in sequence)" if sequential else "rb.sample (sharded)"
+        self.interrupted, self.signals = False, None
 
     def __enter__(self) -> "_Progress":
         if self.total:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, desc=self.desc, leave=True)
+            if threading.current_thread() is threading.main_thread():  # only it may set handlers
+                read, write = os.pipe()
+                os.set_blocking(read, False)
+                os.set_blocking(write, False)
+                handler = signal.signal(signal.SIGINT, self._interrupt)
+                self.signals = (read, write, handler, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
         _Progress.current = self
         return self
 
+    def _interrupt(self, signum, frame) -> None:  # (runs only once the main thread is back)
+        self.interrupted = True
+
+    def _pending_interrupt(self) -> bool:
+        try:
+            self.interrupted |= signal.SIGINT in os.read(self.signals[0], 512)
+        except (BlockingIOError, OSError, TypeError):  # nothing written; or not set up
+            pass
+        return self.interrupted
+
     def __exit__(self, *exc) -> None:
         _Progress.current = None
+        if self.signals is not None:
+            read, write, handler, wakeup = self.signals
+            signal.set_wakeup_fd(wakeup)
+            signal.signal(signal.SIGINT, handler)
+            self._pending_interrupt()
+            os.close(read)
+            os.close(write)
         if self.bar is not None:
             if exc[0] is None:
                 self.bar.update(self.total - self.done)  # the steps after the last tick
             self.bar.close()
+        if self.interrupted:
+            raise KeyboardInterrupt(
+                "rb.sample: interrupted (Ctrl-C); this run's draws are lost. "
+                "Pass checkpoint=PATH to keep the draws of a long run as it goes."
+            ) from None
 
     @staticmethod
     def tick(step) -> None:
         self = _Progress.current
         if self is None or self.bar is None:
             return
+        if self._pending_interrupt():  # stops the compiled computation (see the class's docstring)
+            raise KeyboardInterrupt
         with self.lock:
             step = min(int(step), self.total)
             if step > self.done:

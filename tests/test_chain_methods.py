@@ -191,3 +191,46 @@ def test_thinning_means_what_it_means_in_numpyro():
     assert thinned.mcmc is None and thinned.draws["mu"].shape == numpyro.draws["mu"].shape == (2, 3)
     assert (np.asarray(thinned._last_state.i) == 61).all()
     np.testing.assert_array_equal(np.asarray(thinned.draws["mu"]), np.asarray(every.draws["mu"])[:, 4::3])
+
+
+_INTERRUPTED = textwrap.dedent(
+    """
+    import signal, sys, jax, jax.numpy as jnp, numpyro.distributions as dist
+    import reparam_bridge as rb
+
+    model = {"mu": rb.Real(0.0), "x": rb.Real(jnp.zeros(20))}
+    def log_joint(m):
+        return dist.Normal(0, 1).log_prob(m["mu"]) + dist.Normal(m["mu"], 1).log_prob(m["x"]).sum()
+    try:  # ~4 minutes uninterrupted on this project's CPU VM
+        rb.sample(model, log_joint, key=jax.random.key(0), num_warmup=1_000_000, num_samples=100, num_chains=2)
+    except KeyboardInterrupt as e:
+        # the caller's SIGINT handler and wakeup fd are back
+        print("STOPPED", e, signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+              signal.set_wakeup_fd(-1), flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_the_bridges_loop(tmp_path):
+    # The main thread waits inside XLA, where Python delivers no KeyboardInterrupt until the run
+    # ends (here ~4 minutes); the bar's next tick must stop it (a twentieth of a chain's run)
+    import re
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        seen = ""
+        while not re.search(r"[1-9][0-9]*/2000200", seen):  # the bar has moved: the loop runs
+            ch = proc.stderr.read(1)
+            assert ch, seen[-2000:]
+            seen += ch
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert "STOPPED rb.sample: interrupted (Ctrl-C)" in out and out.strip().endswith("True -1"), out
