@@ -21,22 +21,23 @@ from ._paths import leaves_with_paths
 from ._posterior import Posterior, _extra_fields, _kernel_class
 from ._sharded import args_are_sharded, auto_axes, sample_sharded
 from ._trust import check_draws
-from ._util import NegLogDensity
+from ._util import NegLogDensity, host_rng
 
 
 def _check_key(key: Any) -> None:
     _checks.check_key(key, "rb.sample")
 
 
-@functools.partial(jax.jit, static_argnums=2)  # one compilation rather than one per leaf shape
 def _initial_params(params: PyTree, key: PRNGKeyArray, num_chains: int, jitter: float) -> PyTree:
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    jittered = [
-        leaf[None] + jitter * jax.random.uniform(k, (num_chains, *leaf.shape), leaf.dtype, -1.0, 1.0)
-        for leaf, k in zip(leaves, keys)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, jittered)
+    """``num_chains`` starts: every free value plus uniform jitter in ``[-jitter, jitter]``,
+    drawn on the host (``host_rng``: no threefry compile in a fresh process)."""
+    rng = host_rng(key)
+
+    def jittered(leaf):
+        u = rng.uniform(-1.0, 1.0, (num_chains, *leaf.shape))
+        return jnp.asarray(np.asarray(leaf)[None] + jitter * u, leaf.dtype)
+
+    return jax.tree_util.tree_map(jittered, params)
 
 
 def _stack_inits(init: Any, static: PyTree, num_chains: int) -> PyTree:
