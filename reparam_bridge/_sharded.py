@@ -48,6 +48,7 @@ the chains from the last states it returns. The two recipes, which run unchanged
 
 import hashlib
 import inspect
+import logging
 import os
 import signal
 import threading
@@ -332,6 +333,14 @@ def _compiled_run(config: tuple) -> Callable:
     return run
 
 
+# JAX logs a failing callback's traceback; the tick's KeyboardInterrupt is not a failure
+_JAX_CALLBACKS = logging.getLogger("jax._src.debugging")
+
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+
+
 class _Progress:
     """The tqdm bar of the running sharded sample, advanced by ``tick`` from the compiled
     loop (a host callback: on every device that runs it, hence the high-water mark).
@@ -360,6 +369,7 @@ class _Progress:
                 os.set_blocking(write, False)
                 handler = signal.signal(signal.SIGINT, self._interrupt)
                 self.signals = (read, write, handler, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+                _JAX_CALLBACKS.addFilter(_not_an_interrupt)
         _Progress.current = self
         return self
 
@@ -379,6 +389,7 @@ class _Progress:
             read, write, handler, wakeup = self.signals
             signal.set_wakeup_fd(wakeup)
             signal.signal(signal.SIGINT, handler)
+            _JAX_CALLBACKS.removeFilter(_not_an_interrupt)
             self._pending_interrupt()
             os.close(read)
             os.close(write)

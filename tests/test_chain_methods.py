@@ -234,3 +234,4 @@ def test_ctrl_c_stops_the_bridges_loop(tmp_path):
             proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "STOPPED rb.sample: interrupted (Ctrl-C)" in out and out.strip().endswith("True -1"), out
+    assert "callback failed" not in err, err[-3000:]  # JAX's log of the tick's exception, dropped
