@@ -159,13 +159,17 @@ def neutra(
             coordinate) the flow is then 8 coupling layers with linear-skip conditioners.
             ``None`` (the default): ``AUTO_FINE_TUNE`` (16,000) steps when ``flow=None``, ``steps``
             is not 0 and there is more than one coordinate, else none; ``0`` gives the ELBO-only
-            flow of earlier versions (4 coupling layers). Measured (4 chains x 1,000 draws, NUTS
-            key 7, flow seeds 0-9), against the slow tests' targets (>= 5x plain NUTS's min ESS
-            per gradient, <= 20 of 4,000 divergent): Neal's funnel (10 coordinates) met them on
-            8 of 10 seeds (83-237x, 0-7 divergent; seed 5: 2.1x and 142 divergent, seed 9: 23
-            divergent), where the ELBO alone met them on 2 of seeds 0-4; centred eight schools on
-            9 of 10 (7.4-24x, 0-9 divergent; seed 8: 32 divergent), where the ELBO alone gave 2x
-            with 82-149 divergent. It costs ~35-100 s more on one CPU core for these models.
+            flow of earlier versions (4 coupling layers). It costs ~35-100 s on one CPU core for
+            the models below.
+
+    Sample the returned model with ``target_accept_prob=0.95``. Measured (4 chains x 1,000
+    draws, flow seeds 0-9, targets >= 5x plain NUTS's min ESS per gradient and <= 20 of 4,000
+    divergent): at NUTS's default 0.8, Neal's funnel (10 coordinates) met them on 9 of 10 flows
+    (173-432x) and centred eight schools on 7 of 10 (11-231x); the misses were divergences, and
+    they swing with the NUTS key for one flow (214, 1, 17, 22 at four keys). At 0.95 every flow
+    that missed gave 5-10 divergent, 21-265x plain NUTS at 0.95. (The ELBO alone, ``fine_tune=0``:
+    2x with 82-149 divergent on schools.) Which seeds missed differed between two sweeps of this code
+    sessions apart: no seed is special.
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro.distributions as dist

@@ -109,9 +109,10 @@ def sample(
             sampler for the next call of the same shapes (compiled again when the model's
             frozen part or the kernel options hold arrays). A ``log_joint`` that reads a
             changed global is compiled anew (the cache is keyed by the density's jaxpr and
-            constants), as NumPyro's ``MCMC`` traces every call. With the progress bar on,
-            Ctrl-C stops their run at the bar's next tick (a twentieth of a chain) and raises
-            ``KeyboardInterrupt`` (the run's draws are lost: ``checkpoint=`` keeps them).
+            constants), as NumPyro's ``MCMC`` traces every call. ``"sequential"`` with the
+            progress bar on: Ctrl-C (in the main thread) stops the run at the bar's next tick
+            (a hundredth of a chain) and raises ``KeyboardInterrupt`` (the run's draws are lost:
+            ``checkpoint=`` keeps them).
         thinning: keep every ``thinning``-th draw, as NumPyro's ``MCMC``: ``num_samples //
             thinning`` draws per chain out of ``num_samples`` iterations after warmup.
         kernel: ``"nuts"``, ``"hmc"`` or a NumPyro kernel class taking ``potential_fn``.

@@ -175,7 +175,7 @@ def sample_sharded(
 ):
     """Run ``kernel`` over the chains of ``init_params`` (leading axis ``num_chains``) on the
     mesh of :func:`chain_layout`; returns a :class:`Posterior` (``mcmc=None``). The bar (on
-    process 0) advances from inside the compiled loop, about 20 times a run.
+    process 0) advances from inside the compiled loop, about 100 times a run.
 
     ``sequential``: ``chain_method="sequential"``: on one device, the chains one after another
     (``lax.map``) in one compiled program. NumPyro's own sequential method compiles its loop
@@ -213,7 +213,7 @@ def sample_sharded(
     leaves, closed = jax.tree_util.tree_flatten((others, static, options))
     fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
     total = num_warmup + num_samples  # as NumPyro's MCMC: thinning keeps num_samples // thinning of them
-    every = max(1, total // 20) if progress_bar else 0
+    every = max(1, total // 100) if progress_bar else 0  # also how soon Ctrl-C stops a run
     bar_total = total * num_chains if sequential else total  # in sequence, the bar runs over every chain
     # leaves by type and value: 1, 1.0 and True compare equal but trace differently
     typed = tuple((type(x), x) for x in leaves)
@@ -345,54 +345,79 @@ class _Progress:
     """The tqdm bar of the running sharded sample, advanced by ``tick`` from the compiled
     loop (a host callback: on every device that runs it, hence the high-water mark).
 
-    It also makes Ctrl-C stop the run. The main thread waits inside XLA, where Python runs no
-    signal handler (so no ``KeyboardInterrupt``) until the whole run ends; but the C-level
-    handler writes the signal to ``signal.set_wakeup_fd``'s pipe at once. The next tick (a
-    callback thread) reads it there and raises, which stops the compiled computation, and
-    leaving the bar raises ``KeyboardInterrupt``."""
+    With the chains in sequence (one device, one process) it also makes Ctrl-C stop the run.
+    The main thread waits inside XLA, where Python runs no signal handler (so no
+    ``KeyboardInterrupt``) until the whole run ends; but the C-level handler writes the signal
+    to ``signal.set_wakeup_fd``'s pipe at once. The next tick (a callback thread) reads it there
+    and raises, which stops the compiled computation, and leaving the bar raises
+    ``KeyboardInterrupt``. Not across devices: a device that stops leaves the others waiting in
+    a collective (XLA then aborts the process). Only where SIGINT has Python's default handler
+    and no wakeup fd is set (asyncio's): others' signal handling is left alone."""
 
     current: "_Progress | None" = None
 
     def __init__(self, total: int, sequential: bool = False):
         self.total, self.done, self.bar, self.lock = total, 0, None, threading.Lock()
         self.desc = "rb.sample (chains in sequence)" if sequential else "rb.sample (sharded)"
-        self.interrupted, self.signals = False, None
+        self.sequential, self.interrupted, self.signals = sequential, False, None
 
     def __enter__(self) -> "_Progress":
         if self.total:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, desc=self.desc, leave=True)
-            if threading.current_thread() is threading.main_thread():  # only it may set handlers
-                read, write = os.pipe()
-                os.set_blocking(read, False)
-                os.set_blocking(write, False)
-                handler = signal.signal(signal.SIGINT, self._interrupt)
-                self.signals = (read, write, handler, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
-                _JAX_CALLBACKS.addFilter(_not_an_interrupt)
+            if self.sequential:
+                self._catch_interrupts()
         _Progress.current = self
         return self
+
+    def _catch_interrupts(self) -> None:
+        if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+            return
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return
+        read, write = os.pipe()
+        try:
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        except Exception:  # e.g. a platform without non-blocking pipes as wakeup fds
+            os.close(read)
+            os.close(write)
+            return
+        if wakeup != -1:  # someone else's (an event loop's): theirs, untouched
+            signal.set_wakeup_fd(wakeup)
+            os.close(read)
+            os.close(write)
+            return
+        signal.signal(signal.SIGINT, self._interrupt)
+        self.signals = (read, write)
+        _JAX_CALLBACKS.addFilter(_not_an_interrupt)
 
     def _interrupt(self, signum, frame) -> None:  # (runs only once the main thread is back)
         self.interrupted = True
 
     def _pending_interrupt(self) -> bool:
-        try:
-            self.interrupted |= signal.SIGINT in os.read(self.signals[0], 512)
-        except (BlockingIOError, OSError, TypeError):  # nothing written; or not set up
-            pass
+        if self.signals is not None:
+            try:
+                self.interrupted |= signal.SIGINT in os.read(self.signals[0], 512)
+            except OSError:  # nothing written (BlockingIOError), or closed
+                pass
         return self.interrupted
 
     def __exit__(self, *exc) -> None:
         _Progress.current = None
         if self.signals is not None:
-            read, write, handler, wakeup = self.signals
-            signal.set_wakeup_fd(wakeup)
-            signal.signal(signal.SIGINT, handler)
-            _JAX_CALLBACKS.removeFilter(_not_an_interrupt)
-            self._pending_interrupt()
-            os.close(read)
-            os.close(write)
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                _JAX_CALLBACKS.removeFilter(_not_an_interrupt)
+                self._pending_interrupt()
+            finally:
+                read, write = self.signals
+                self.signals = None
+                os.close(read)
+                os.close(write)
         if self.bar is not None:
             if exc[0] is None:
                 self.bar.update(self.total - self.done)  # the steps after the last tick

@@ -79,7 +79,7 @@ def test_sequential_chains_in_process(monkeypatch):
     post = rb.sample(_model(), _log_joint, Y, key=jax.random.key(1), progress_bar=True, **kwargs)
     assert len(_sharded._RUNS) == 1 and post.mcmc is None
     # the bar counts every chain's iterations in turn, not the first chain's again and again
-    assert sorted(ticks) == [c * 800 + k for c in range(3) for k in range(40, 801, 40)], ticks
+    assert sorted(ticks) == [c * 800 + k for c in range(3) for k in range(8, 801, 8)], ticks
     mu, sigma = np.asarray(post.draws["mu"]), np.asarray(post.draws["sigma"])
     assert mu.shape == (3, 500) and sigma.shape == (3, 500)
     assert np.all(np.isfinite(mu)) and np.all(sigma > 0)
@@ -87,24 +87,25 @@ def test_sequential_chains_in_process(monkeypatch):
     assert not np.array_equal(mu[0], mu[1])
     idata = post.to_inference_data()
     assert idata.posterior["mu"].shape == (3, 500)
-    # the posterior: mu's mean and sd against a long NumPyro run, within Monte Carlo error
-    ref = rb.sample(
-        _model(),
-        _log_joint,
-        Y,
-        key=jax.random.key(9),
-        num_warmup=500,
-        num_samples=4000,
-        num_chains=2,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
+    # the posterior: mu's mean and sd against the exact ones (quadrature over mu and sigma),
+    # within 4 MCSE (ArviZ's, which knows the sd's error grows with the tails: mu's posterior is
+    # Student-t-like). A long NumPyro run was the reference before: its own sd was 0.175
+    # against the exact 0.2036, so it passed or failed by the luck of the starting points.
     import arviz as az
+    from scipy import stats
 
-    ess = float(az.ess(idata, var_names=["mu"])["mu"])
-    r = np.asarray(ref.draws["mu"]).ravel()
-    assert abs(mu.mean() - r.mean()) < 4 * r.std() / np.sqrt(ess), (mu.mean(), r.mean(), ess)
-    assert abs(mu.std() - r.std()) < 4 * r.std() / np.sqrt(2 * ess), (mu.std(), r.std(), ess)  # sd's MCSE
+    grid_mu, grid_s = np.linspace(-3.0, 5.0, 2001)[:, None], np.linspace(1e-3, 8.0, 4001)[None, :]
+    lp = stats.norm(0, 10).logpdf(grid_mu) + stats.halfnorm(scale=5).logpdf(grid_s)
+    lp = lp + stats.norm(grid_mu[..., None], grid_s[..., None]).logpdf(Y).sum(-1)
+    p = np.exp(lp - lp.max()).sum(1)
+    p /= p.sum()
+    exact_mean = float(np.sum(p * grid_mu[:, 0]))
+    exact_sd = float(np.sqrt(np.sum(p * (grid_mu[:, 0] - exact_mean) ** 2)))
+    from reparam_bridge.arviz import mcse
+
+    x = mu.astype(np.float64)
+    assert abs(x.mean() - exact_mean) < 4 * mcse(x, method="mean"), (x.mean(), exact_mean)
+    assert abs(x.std() - exact_sd) < 4 * mcse(x, method="sd"), (x.std(), exact_sd)
     assert float(az.rhat(idata, var_names=["mu"])["mu"]) < 1.02
     # a second call of the same shapes compiles nothing
     again = rb.sample(_model(), _log_joint, Y, key=jax.random.key(2), progress_bar=True, **kwargs)
@@ -201,9 +202,11 @@ _INTERRUPTED = textwrap.dedent(
     model = {"mu": rb.Real(0.0), "x": rb.Real(jnp.zeros(20))}
     def log_joint(m):
         return dist.Normal(0, 1).log_prob(m["mu"]) + dist.Normal(m["mu"], 1).log_prob(m["x"]).sum()
-    try:  # ~4 minutes uninterrupted on this project's CPU VM
-        rb.sample(model, log_joint, key=jax.random.key(0), num_warmup=1_000_000, num_samples=100, num_chains=2)
+    try:  # ~40 minutes uninterrupted on this project's CPU VM
+        rb.sample(model, log_joint, key=jax.random.key(0), num_warmup=10_000_000, num_samples=100,
+                  num_chains=2, chain_method="sequential")
     except KeyboardInterrupt as e:
+        jax.effects_barrier()  # the runtime is sound: no callback error left behind
         # the caller's SIGINT handler and wakeup fd are back
         print("STOPPED", e, signal.getsignal(signal.SIGINT) is signal.default_int_handler,
               signal.set_wakeup_fd(-1), flush=True)
@@ -213,25 +216,28 @@ _INTERRUPTED = textwrap.dedent(
 
 def test_ctrl_c_stops_the_bridges_loop(tmp_path):
     # The main thread waits inside XLA, where Python delivers no KeyboardInterrupt until the run
-    # ends (here ~4 minutes); the bar's next tick must stop it (a twentieth of a chain's run)
+    # ends (here ~40 minutes); the bar's next tick (a hundredth of a chain) must stop it. Before
+    # the first tick nothing is sent: SIGINT then would interrupt Python itself, not the loop.
     import re
     import signal
 
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _INTERRUPTED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _INTERRUPTED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         seen = ""
-        while not re.search(r"[1-9][0-9]*/2000200", seen):  # the bar has moved: the loop runs
-            ch = proc.stderr.read(1)
+        while not re.search(r"[1-9][0-9]*/20000200", seen):  # the bar has moved: the loop runs
+            ch = proc.stderr.read(1)  # (the bar's first tick comes ~20 s after start here)
             assert ch, seen[-2000:]
             seen += ch
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=100)
+        out, err = proc.communicate(timeout=150)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "STOPPED rb.sample: interrupted (Ctrl-C)" in out and out.strip().endswith("True -1"), out
-    assert "callback failed" not in err, err[-3000:]  # JAX's log of the tick's exception, dropped
+    assert "callback failed" not in err and "Exception ignored" not in err, err[-3000:]
