@@ -71,21 +71,21 @@ def _floats(losses) -> list[float]:
 
 class Movement(NamedTuple):
     """How far each free leaf went in a run: its name (dotted path), and per leaf
-    ``max |start|``, ``max |end - start|`` and ``max |end|`` (rows of ``extents``)."""
+    ``max |start|``, ``max |end - start|`` and ``max |end|`` (the three rows of ``extents``)."""
 
     names: list[str]
-    extents: np.ndarray  # (3, leaves)
+    extents: tuple[list[float], list[float], list[float]]
 
     @classmethod
     def of(cls, start: PyTree, end: PyTree) -> "Movement":
         """Measured here (the compiled loop returns its own extents)."""
         a, b = jax.device_get((jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)))
         a, b = [np.asarray(x, np.float64) for x in a], [np.asarray(x, np.float64) for x in b]
-        extents = [[np.max(np.abs(x), initial=0.0) for x in xs] for xs in (a, [y - x for x, y in zip(a, b)], b)]
-        return cls(leaf_names(start), np.asarray(extents, np.float64).reshape(3, len(a)))
+        rows = (a, [y - x for x, y in zip(a, b)], b)
+        return cls(leaf_names(start), tuple([float(np.max(np.abs(x), initial=0.0)) for x in xs] for xs in rows))
 
     def moved(self, name: str) -> float:
-        return float(self.extents[1][self.names.index(name)])
+        return self.extents[1][self.names.index(name)]
 
 
 def leaf_names(tree: PyTree) -> list[str]:
@@ -96,10 +96,12 @@ def leaf_names(tree: PyTree) -> list[str]:
 def runaway_leaves(movement: Movement) -> list[tuple[str, float, float]]:
     """``(path, start size, end size)`` of the free arrays that moved by more than
     ``_RUNAWAY`` times ``1 + `` their starting size (largest first)."""
-    size0, moved, size = np.asarray(movement.extents, np.float64)
-    with np.errstate(invalid="ignore"):
-        hits = np.flatnonzero(np.isfinite(moved) & (moved > _RUNAWAY * (1.0 + size0)))
-    return sorted(((movement.names[i], float(size0[i]), float(size[i])) for i in hits), key=lambda t: -t[2])
+    hits = [
+        (name, size0, size)
+        for name, size0, moved, size in zip(movement.names, *movement.extents)
+        if math.isfinite(moved) and moved > _RUNAWAY * (1.0 + size0)
+    ]
+    return sorted(hits, key=lambda t: -t[2])
 
 
 def _stalled(losses: list[float]) -> bool:

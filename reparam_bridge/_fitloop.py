@@ -223,17 +223,15 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     )
     first_bad = jnp.where(first_bad == never, -1, first_bad)
 
-    def leaf_max(leaves):
-        return jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in leaves])
+    def extents(start, end):  # max |start|, max |end - start|, max |end|: one reduction (kernel)
+        return jnp.max(jnp.abs(jnp.stack([start, end - start, end]).reshape(3, -1)), axis=1, initial=0.0)
 
     free = jax.tree_util.tree_leaves(params)
     n = min(_TAIL, losses.shape[0])  # the last n losses written (fewer if stop < n: the host cuts)
     tail = jax.lax.dynamic_slice_in_dim(losses, jnp.clip(stop - n, 0, losses.shape[0] - n), n)
     head = jnp.stack([final_gnorm, final_value.astype(losses.dtype), losses[0] if losses.shape[0] else 0.0])
-    moved = [a - b for a, b in zip(free, origin)]
-    info = jnp.concatenate(
-        [head.astype(losses.dtype), tail, leaf_norms, leaf_max(origin), leaf_max(moved), leaf_max(free)]
-    )
+    rows = jnp.stack([extents(a, b).astype(losses.dtype) for a, b in zip(origin, free)], axis=1)
+    info = jnp.concatenate([head.astype(losses.dtype), tail, leaf_norms, rows.ravel()])
     return free, jax.tree_util.tree_leaves(opt_state), losses, first_bad, info.astype(losses.dtype)
 
 
@@ -241,23 +239,25 @@ _TAIL = 5  # losses the host reads after each chunk: enough for every convergenc
 
 
 class Info(NamedTuple):
-    """``run``'s ``info`` vector, read on the host."""
+    """``run``'s ``info`` vector, read on the host as Python floats (the convergence tests
+    and the runaway check read a handful of numbers, where NumPy's per-call cost dominated)."""
 
     final_gnorm: float
     final_value: float
-    losses: np.ndarray  # the first loss and the last up to ``_TAIL`` (all of them if that is fewer)
-    leaf_norms: np.ndarray  # (leaves,)
-    extents: np.ndarray  # (3, leaves): max |origin|, max |moved|, max |end|
+    losses: list[float]  # the first loss and the last up to ``_TAIL`` (all of them if that is fewer)
+    leaf_norms: list[float]  # (leaves,)
+    extents: tuple[list[float], list[float], list[float]]  # max |origin|, max |moved|, max |end|
 
     @classmethod
     def of(cls, info: np.ndarray, n_losses: int, n_steps: int) -> "Info":
         """``n_losses``: the length of the loss buffer; ``n_steps``: the losses written."""
+        info = np.asarray(info, np.float64).tolist()
         m = min(_TAIL, n_losses)
         tail = info[3 : 3 + m]
-        losses = tail[:n_steps] if n_steps <= m else np.concatenate([info[2:3], tail])
+        losses = tail[:n_steps] if n_steps <= m else info[2:3] + tail
         rest = info[3 + m :]
         n = len(rest) // 4
-        return cls(float(info[0]), float(info[1]), losses, rest[:n], rest[n:].reshape(3, n))
+        return cls(info[0], info[1], losses, rest[:n], (rest[n : 2 * n], rest[2 * n : 3 * n], rest[3 * n :]))
 
 
 _INIT: dict = {}
@@ -326,14 +326,20 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
     its empty loss buffer are the same in every call of a repeated fit, and a NumPy input costs
     a host-to-device copy per call (~0.05 ms each in bench_fit)."""
     if math.prod(shape) * np.dtype(dtype).itemsize > _SMALL_BYTES:
-        return jnp.full(shape, value, dtype)
+        return _full(value, dtype, shape)
     key = (value, np.dtype(dtype), shape, context())
     out = _CONSTANTS.get(key)
     if out is None:
         if len(_CONSTANTS) >= 64:
             _CONSTANTS.pop(next(iter(_CONSTANTS)))
-        out = _CONSTANTS[key] = jnp.full(shape, value, dtype)
+        out = _CONSTANTS[key] = _full(value, dtype, shape)
     return out
+
+
+def _full(value: Any, dtype: Any, shape: tuple) -> Array:
+    # A copy of a NumPy array: ``jnp.full`` compiles three small programs the first time it
+    # meets a shape (~0.1 s of a fresh process's first fit, measured), this compiles none.
+    return jax.device_put(np.full(shape, value, dtype))
 
 
 def diagnose(replay: Callable[[int], Info], bad: int, names: list[str], what: str) -> str:
@@ -347,7 +353,7 @@ def diagnose(replay: Callable[[int], Info], bad: int, names: list[str], what: st
             "(0-based); no result is returned. Check the data and the initial values, lower the "
             "learning rate, or constrain the parameter that leaves its domain."
         )
-    paths = [name for name, g in zip(names, at.leaf_norms) if not np.isfinite(g)]
+    paths = [name for name, g in zip(names, at.leaf_norms) if not math.isfinite(g)]
     if paths:
         return (
             f"{what}: the gradient became non-finite at step {bad} (0-based; loss {at.final_value}) for "
