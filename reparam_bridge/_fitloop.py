@@ -223,8 +223,11 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     )
     first_bad = jnp.where(first_bad == never, -1, first_bad)
 
-    def extents(start, end):  # max |start|, max |end - start|, max |end|: one reduction (kernel)
-        return jnp.max(jnp.abs(jnp.stack([start, end - start, end]).reshape(3, -1)), axis=1, initial=0.0)
+    def extents(start, end):  # max |start|, max |end - start|, max |end|
+        if start.size <= _STACKED:  # one reduction (kernel) for the three: less to compile
+            return jnp.max(jnp.abs(jnp.stack([start, end - start, end]).reshape(3, -1)), axis=1, initial=0.0)
+        # a large leaf: XLA materialises the stack (3x the leaf in scratch memory), so three reductions
+        return jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in (start, end - start, end)])
 
     free = jax.tree_util.tree_leaves(params)
     n = min(_TAIL, losses.shape[0])  # the last n losses written (fewer if stop < n: the host cuts)
@@ -235,6 +238,7 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     return free, jax.tree_util.tree_leaves(opt_state), losses, first_bad, info.astype(losses.dtype)
 
 
+_STACKED = 4096  # elements: a leaf up to this size has its three extents taken in one reduction
 _TAIL = 5  # losses the host reads after each chunk: enough for every convergence test
 
 
@@ -325,8 +329,8 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
     these are uncommitted, so any device may use them): the loop's start and stop steps and
     its empty loss buffer are the same in every call of a repeated fit, and a NumPy input costs
     a host-to-device copy per call (~0.05 ms each in bench_fit)."""
-    if math.prod(shape) * np.dtype(dtype).itemsize > _SMALL_BYTES:
-        return _full(value, dtype, shape)
+    if math.prod(shape) * np.dtype(dtype).itemsize > _SMALL_BYTES:  # not kept: made on the device
+        return jnp.full(shape, value, dtype)
     key = (value, np.dtype(dtype), shape, context())
     out = _CONSTANTS.get(key)
     if out is None:
@@ -337,8 +341,8 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
 
 
 def _full(value: Any, dtype: Any, shape: tuple) -> Array:
-    # A copy of a NumPy array: ``jnp.full`` compiles three small programs the first time it
-    # meets a shape (~0.1 s of a fresh process's first fit, measured), this compiles none.
+    # A copy of a small NumPy array: ``jnp.full`` compiles three small programs the first time
+    # it meets a shape (~0.1 s of a fresh process's first fit, measured), this compiles none.
     return jax.device_put(np.full(shape, value, dtype))
 
 
