@@ -9,13 +9,17 @@ sent to ``os.devnull`` here so that the tables stay readable).
 
     python benchmarks/bench_fit.py           # full (about 3 min on 2 CPU cores)
     python benchmarks/bench_fit.py --quick   # smoke run (about 30 s)
+    python benchmarks/bench_fit.py --processes 5   # the Adam rows in 5 fresh processes: median ratio
 """
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 
@@ -106,7 +110,7 @@ def cpu_timed(fn):
     return time.process_time() - t
 
 
-def bench_map(optimizer_name, steps, repeats, n_data=200, progress_bar=True):
+def bench_map(optimizer_name, steps, repeats, n_data=200, progress_bar=True, python_loop=True):
     """Steady-state wall and CPU time of ``steps`` steps, compile time, and, from a second
     run of ``steps // 10``, the per-step cost and the fixed cost of one call."""
     x = jnp.linspace(0.5, 5.0, n_data)
@@ -141,8 +145,9 @@ def bench_map(optimizer_name, steps, repeats, n_data=200, progress_bar=True):
     per_step = {side: (c[side, steps] - c[side, short]) / (steps - short) for side in ("bridge", "hand")}
     fixed = {side: c[side, short] - per_step[side] * short for side in ("bridge", "hand")}
     compile_ = {k: first[k] - steady[k] for k in first}
-    python_loop = None
-    if optimizer_name == "adam":  # the common hand-written alternative, for scale (a few runs)
+    if not python_loop or optimizer_name != "adam":
+        python_loop = None
+    else:  # the common hand-written alternative, for scale (a few runs)
         loop = make_python_loop(optimizer, steps)
         timed(lambda: loop(raw, x, y))
         python_loop = statistics.median(timed(lambda: loop(raw, x, y)) for _ in range(3))
@@ -240,14 +245,53 @@ def bench_forward(wrapper_name, repeats, batch=256, width=256, depth=3, inner=50
     }
 
 
+def across_processes(n, repeats, lengths):
+    """Each Adam row in ``n`` fresh processes, in turn, and the median of their wall ratios."""
+    ratios = {steps: [] for steps in lengths}
+    for i in range(n):
+        for steps in lengths:
+            reps = repeats if steps == lengths[0] else max(3, repeats // 3)  # as in the tables
+            cmd = [sys.executable, __file__, "--one", str(steps), "--repeats", str(reps)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            ratios[steps].append(r["ratio"])
+            print(
+                f"process {i + 1}: adam x{steps}: {r['bridge_s'] * 1e3:.2f}/{r['hand_s'] * 1e3:.2f} ms = "
+                f"{r['ratio']:.3f} (per step {r['step_ratio']:.3f})",
+                flush=True,
+            )
+    for steps, v in ratios.items():
+        print(
+            f"map_estimate adam x{steps}: median of {n} processes {statistics.median(v):.3f} "
+            f"(range {min(v):.3f}-{max(v):.3f})"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--repeats", type=int, default=None, help="repeats (default 21, --quick 5)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="instead of the tables: the adam rows again in this many fresh processes, each its own "
+        "alternating repeats, and the median of their ratios (one process's ratio moves by up to "
+        "+-0.1 with where its code lands in memory)",
+    )
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child of --processes
     opts = parser.parse_args()
     repeats = opts.repeats or (5 if opts.quick else 21)
     steps = 500 if opts.quick else 3000
     long_steps = 2000 if opts.quick else 20000
+    if opts.one is not None:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            r = bench_map("adam", opts.one, repeats, python_loop=False)
+        print(json.dumps({k: r[k] for k in ("ratio", "bridge_s", "hand_s", "step_ratio")}))
+        return
+    if opts.processes:
+        across_processes(opts.processes, repeats, (steps, long_steps))
+        return
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
