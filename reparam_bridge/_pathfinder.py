@@ -34,7 +34,7 @@ from ._diagnose import check_model
 from ._posterior import _logdensity_fn
 from ._psis import psislw
 from ._sharded import auto_axes
-from ._util import coordinate_names
+from ._util import coordinate_names, host_rng
 
 
 def _import_blackjax():
@@ -82,11 +82,16 @@ class PathfinderResult(Approximation):
         return self.pool[idx], idx
 
     def initial_params(self, key: PRNGKeyArray, num_chains: int) -> PyTree:
-        # Distinct draws for distinct chains: without replacement while the weights allow it.
-        p = jnp.exp(self.log_weights)
-        replace = int(jnp.sum(p > 0)) < num_chains
-        idx = jax.random.choice(key, self.pool.shape[0], (num_chains,), replace=replace, p=p)
-        return self._unravel_batched(self.pool[idx])
+        """As :meth:`Approximation.initial_params`, from the PSIS-weighted pool: distinct draws
+        for distinct chains (without replacement while the weights allow it), drawn on the
+        host (``host_rng``: in a fresh process ``jax.random.choice`` compiled for ~0.9 s, for
+        four indices, measured)."""
+        p = np.exp(np.asarray(self.log_weights, np.float64))
+        p /= p.sum()
+        replace = int(np.count_nonzero(p > 0)) < num_chains
+        idx = host_rng(key).choice(p.shape[0], num_chains, replace=replace, p=p)
+        z = np.asarray(self.pool)[idx]
+        return jax.tree_util.tree_map(jnp.asarray, self._unravel_batched(z))
 
 
 def pathfinder(
