@@ -173,10 +173,10 @@ def _fit(
             chunk = (arrays, state, losses, constant(start, np.int32))
 
             def replay(k, chunk=chunk):  # the same compiled loop, stopped at step k
-                return Info.of(np.asarray(run(spec, state_def, *chunk, np.int32(k), key, origin)[4]), steps, k)
+                return Info.of(run(spec, state_def, *chunk, np.int32(k), key, origin)[3], steps, k)
 
             try:
-                new_free, new_state, new_losses, first_bad, info = run(
+                new_free, new_state, new_losses, info = run(
                     spec, state_def, *chunk, constant(stop, np.int32), key, origin
                 )
             except TypeError as e:  # checked here, not up front, to keep the per-call cost nil
@@ -189,11 +189,9 @@ def _fit(
             # host work that needs no result runs here, while the chunk computes: after it, the
             # same Python runs 3-5x slower for a while (measured; cold caches after XLA's work)
             new_arrays = spec.with_free(arrays, new_free)
-            # one transfer for everything the host needs (each separate read is a sync)
-            first_bad, info = jax.device_get((first_bad, info))
-            first_bad, info = int(first_bad), Info.of(info, steps, stop)
-            if first_bad >= 0:
-                raise ValueError(diagnose(replay, first_bad, spec.names, what))
+            info = Info.of(info, steps, stop)  # one transfer: everything the host needs
+            if info.first_bad >= 0:
+                raise ValueError(diagnose(replay, info.first_bad, spec.names, what))
             plan.record(start, stop, time.perf_counter() - t0)
             arrays, state, losses = new_arrays, new_state, new_losses
             if bar is not None:

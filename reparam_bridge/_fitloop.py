@@ -177,10 +177,10 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     (``value + sum(|g| * 0)``, fused with the write), so the first non-finite loss of the chunk
     is the first failed step, whatever the optimiser then does with that gradient.
 
-    Returns the free arrays, the state, the losses, ``first_bad`` (that step; ``stop`` if only
-    the final parameters or the gradient there are bad; else -1) and ``info``, one vector for
-    the host (:class:`Info`): at the returned point the gradient's norm and the loss, the
-    first loss and the last few (up to ``stop``), then per free leaf the gradient's norm,
+    Returns the free arrays, the state, the losses and ``info``, one vector for the host
+    (:class:`Info`): ``first_bad`` (that step; ``stop`` if only the final parameters or the
+    gradient there are bad; else -1), at the returned point the gradient's norm and the loss,
+    the first loss and the last few (up to ``stop``), then per free leaf the gradient's norm,
     ``max |origin|``, ``max |params - origin|`` and ``max |params|`` (``origin``: the free
     arrays the run started from), from which the host tells a parameter running away without
     reading the parameters back.
@@ -232,20 +232,27 @@ def run(spec: Spec, state_def: Any, arrays: list, state: list, losses, start, st
     free = jax.tree_util.tree_leaves(params)
     n = min(_TAIL, losses.shape[0])  # the last n losses written (fewer if stop < n: the host cuts)
     tail = jax.lax.dynamic_slice_in_dim(losses, jnp.clip(stop - n, 0, losses.shape[0] - n), n)
-    head = jnp.stack([final_gnorm, final_value.astype(losses.dtype), losses[0] if losses.shape[0] else 0.0])
+    # first_bad as two floats, each exact in float32 (a float32 holds integers only up to 2**24)
+    high = jnp.floor_divide(first_bad, _SPLIT)
+    head = [high, first_bad - high * _SPLIT, final_gnorm, final_value, losses[0] if losses.shape[0] else 0.0]
     rows = jnp.stack([extents(a, b).astype(losses.dtype) for a, b in zip(origin, free)], axis=1)
-    info = jnp.concatenate([head.astype(losses.dtype), tail, leaf_norms, rows.ravel()])
-    return free, jax.tree_util.tree_leaves(opt_state), losses, first_bad, info.astype(losses.dtype)
+    info = jnp.concatenate([jnp.stack([jnp.asarray(x, losses.dtype) for x in head]), tail, leaf_norms, rows.ravel()])
+    return free, jax.tree_util.tree_leaves(opt_state), losses, info.astype(losses.dtype)
 
 
 _STACKED = 4096  # elements: a leaf up to this size has its three extents taken in one reduction
 _TAIL = 5  # losses the host reads after each chunk: enough for every convergence test
+_SPLIT = 4096  # first_bad = high * _SPLIT + low
 
 
 class Info(NamedTuple):
     """``run``'s ``info`` vector, read on the host as Python floats (the convergence tests
-    and the runaway check read a handful of numbers, where NumPy's per-call cost dominated)."""
+    and the runaway check read a handful of numbers, where NumPy's per-call cost dominated).
+    One array, read with ``np.asarray``: ``jax.device_get`` of ``(first_bad, info)`` cost
+    ~75 us a call against ~8 (measured warm, bench_fit's model), and on an accelerator each
+    array read is a transfer."""
 
+    first_bad: int  # the first failed step, or -1
     final_gnorm: float
     final_value: float
     losses: list[float]  # the first loss and the last up to ``_TAIL`` (all of them if that is fewer)
@@ -255,13 +262,15 @@ class Info(NamedTuple):
     @classmethod
     def of(cls, info: np.ndarray, n_losses: int, n_steps: int) -> "Info":
         """``n_losses``: the length of the loss buffer; ``n_steps``: the losses written."""
-        info = np.asarray(info, np.float64).tolist()
+        info = np.asarray(info).tolist()
+        first_bad = int(info[0]) * _SPLIT + int(info[1])
         m = min(_TAIL, n_losses)
-        tail = info[3 : 3 + m]
-        losses = tail[:n_steps] if n_steps <= m else info[2:3] + tail
-        rest = info[3 + m :]
+        tail = info[5 : 5 + m]
+        losses = tail[:n_steps] if n_steps <= m else info[4:5] + tail
+        rest = info[5 + m :]
         n = len(rest) // 4
-        return cls(info[0], info[1], losses, rest[:n], (rest[n : 2 * n], rest[2 * n : 3 * n], rest[3 * n :]))
+        extents = (rest[n : 2 * n], rest[2 * n : 3 * n], rest[3 * n :])
+        return cls(first_bad, info[2], info[3], losses, rest[:n], extents)
 
 
 _INIT: dict = {}
