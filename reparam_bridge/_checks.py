@@ -14,6 +14,7 @@ Example:
 """
 
 import inspect
+import math
 import os
 import sys
 import warnings
@@ -54,7 +55,7 @@ def check_positive_float(name: str, value: Any, what: str, *, allow_none: bool =
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    if not (np.isfinite(v) and v > 0):
+    if not (math.isfinite(v) and v > 0):  # a Python float: NumPy's scalar ufunc cost ~1 us
         raise ValueError(f"{what}: {name} must be a finite float > 0{' or None' if allow_none else ''}, got {value!r}.")
     return v
 
