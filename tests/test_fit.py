@@ -104,6 +104,16 @@ def test_nan_loss_names_the_step():
     assert float(res.model["w"]) == 5.0
 
 
+@pytest.mark.parametrize("chunk_size", [None, 1000])
+def test_nan_loss_names_a_step_past_4096(chunk_size):
+    # The host reads the failed step as two floats (high * 4096 + low): a step with both parts
+    # non-zero, in one chunk and in a later chunk. w_k = k under sgd(1) on -w; NaN at step 5002.
+    loss = lambda m: -m["w"] + jax.lax.stop_gradient(jnp.log(5001.5 - m["w"]))  # noqa: E731
+    model = {"w": jnp.array(0.0)}
+    with pytest.raises(ValueError, match="non-finite.*at step 5002 "):
+        fit(model, loss, optimizer=optax.sgd(1.0), steps=5100, chunk_size=chunk_size, progress_bar=False)
+
+
 def test_nan_gradient_names_the_parameter():
     loss = lambda m: (m["a"] - 1.0) ** 2 + jnp.sqrt(m["b"] ** 2)  # noqa: E731  d/db at 0: NaN
     with pytest.raises(ValueError, match=r"gradient.*step 0 .*\['b'\]"):
