@@ -53,7 +53,7 @@ def check_positive_float(name: str, value: Any, what: str, *, allow_none: bool =
         return None
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         v = float("nan")
     if not (math.isfinite(v) and v > 0):  # a Python float: NumPy's scalar ufunc cost ~1 us
         raise ValueError(f"{what}: {name} must be a finite float > 0{' or None' if allow_none else ''}, got {value!r}.")

@@ -331,6 +331,9 @@ def test_errors():
         fit({"a": rb.NonTrainable(jnp.ones(2))}, lambda m: 0.0, steps=3, progress_bar=False)
     with pytest.raises(ValueError, match="steps"):
         fit({"a": jnp.ones(2)}, lambda m: 0.0, steps=-1, progress_bar=False)
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), "a", 10**400):  # 10**400: past float's range
+        with pytest.raises(ValueError, match="tol must be a finite float > 0"):
+            fit({"a": jnp.ones(2)}, lambda m: jnp.sum(m["a"]), steps=3, tol=bad, progress_bar=False)
     res = fit({"a": jnp.ones(2)}, lambda m: jnp.sum(m["a"]), steps=0, progress_bar=False)
     assert res.losses.shape == (0,)
 
