@@ -31,6 +31,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _persist
+from ._util import to_numpy
 
 MANIFEST = "checkpoint.json"
 _WHAT = "checkpoint"
@@ -48,9 +49,7 @@ def _is_key(x: Any) -> bool:
 def to_host(state: PyTree) -> PyTree:
     """The sampler state as NumPy arrays (typed keys as their raw data), picklable."""
     return jax.tree_util.tree_map(
-        lambda x: (
-            _Key(np.asarray(jax.random.key_data(x)), str(jax.random.key_impl(x))) if _is_key(x) else np.asarray(x)
-        ),
+        lambda x: _Key(to_numpy(jax.random.key_data(x)), str(jax.random.key_impl(x))) if _is_key(x) else to_numpy(x),
         state,
     )
 

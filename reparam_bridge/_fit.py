@@ -36,11 +36,11 @@ from ._fitloop import (
     get_batch,
     run,
     strong_types,
-    to_host,
 )
 from ._fitplan import Plan
 from ._sharded import auto_axes
 from ._tree import unwrap
+from ._util import to_numpy
 
 
 class FitResult(eqx.Module):
@@ -222,7 +222,7 @@ def _fit(
     else:
         movement, summary, final_gnorm = Movement(spec.names, info.extents), info.losses, info.final_gnorm
         if start < steps:  # stopped early: the losses of the steps run
-            losses = jnp.asarray(to_host(losses)[:start])
+            losses = jnp.asarray(to_numpy(losses)[:start])
 
     def grad_norms():  # on the warning path only: per-leaf gradient norms for the message
         if info is not None:  # computed by the compiled loop (an eager jax.grad here cost ~40 ms)

@@ -20,6 +20,7 @@ from . import _effort, _tree
 from ._constraint import apply
 from ._convergence import leaf_names
 from ._density import partition
+from ._util import to_numpy
 
 # ----------------------------------------------------------------------------------------
 # mini-batches
@@ -249,7 +250,7 @@ _SPLIT = 4096  # first_bad = high * _SPLIT + low
 class Info(NamedTuple):
     """``run``'s ``info`` vector, read on the host as Python floats (the convergence tests
     and the runaway check read a handful of numbers, where NumPy's per-call cost dominated).
-    One array (:func:`to_host`): on an accelerator each array read is a transfer."""
+    One array (``_util.to_numpy``): on an accelerator each array read is a transfer."""
 
     first_bad: int  # the first failed step, or -1
     final_gnorm: float
@@ -261,7 +262,7 @@ class Info(NamedTuple):
     @classmethod
     def of(cls, info: Array | np.ndarray, n_losses: int, n_steps: int) -> "Info":
         """``n_losses``: the length of the loss buffer; ``n_steps``: the losses written."""
-        info = to_host(info).tolist()
+        info = to_numpy(info).tolist()
         first_bad = int(info[0]) * _SPLIT + int(info[1])
         m = min(_TAIL, n_losses)
         tail = info[5 : 5 + m]
@@ -270,16 +271,6 @@ class Info(NamedTuple):
         n = len(rest) // 4
         extents = (rest[n : 2 * n], rest[2 * n : 3 * n], rest[3 * n :])
         return cls(first_bad, info[2], info[3], losses, rest[:n], extents)
-
-
-def to_host(x: Array) -> np.ndarray:
-    """``x`` as a NumPy array. ``np.asarray``: ``jax.device_get`` costs ~55 us more a call
-    (measured warm, one small array; ``jax.device_get((first_bad, info))`` was 77 us against 8.5
-    for two ``np.asarray``). Under a transfer guard the library's transfer must be explicit, so
-    there it is ``device_get``."""
-    if jax.config.jax_transfer_guard or jax.config.jax_transfer_guard_device_to_host:
-        return jax.device_get(x)
-    return np.asarray(x)
 
 
 _INIT: dict = {}
