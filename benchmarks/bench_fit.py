@@ -32,11 +32,20 @@ import optax
 import reparam_bridge as rb
 
 
-def block(tree):
-    # jax.block_until_ready flattens only; a tree_map also rebuilds the tree, which charged the
-    # bridge's FitResult (Equinox modules in the model and the optimiser state) ~40 us of
-    # harness work per call that the hand loop's tuple did not pay
-    return jax.block_until_ready(tree)
+def block(out):
+    """Wait for a call's result. ``rb.map_estimate`` / ``rb.fit`` read their result before they
+    return (the NaN and convergence checks), so a :class:`rb.FitResult` is complete on return:
+    waiting on its losses is enough (checked by :func:`check_ready`). Flattening the whole
+    result to wait on every leaf would charge the bridge ~50 us of harness work a call (Equinox's
+    Python flatten of the model and of the optimiser state, 3x that on cold caches after a
+    computation) that the hand loop's tuple does not pay."""
+    return jax.block_until_ready(out.losses if isinstance(out, rb.FitResult) else out)
+
+
+def check_ready(result):
+    """Every array of a just-returned :class:`rb.FitResult` is computed (what :func:`block` relies on)."""
+    pending = [x for x in jax.tree_util.tree_leaves(result) if isinstance(x, jax.Array) and not x.is_ready()]
+    assert not pending, f"map_estimate returned {len(pending)} arrays still being computed"
 
 
 def timed(fn):
@@ -151,7 +160,9 @@ def bench_map(optimizer_name, steps, repeats, n_data=200, progress_bar=True, pyt
         loop = make_python_loop(optimizer, steps)
         timed(lambda: loop(raw, x, y))
         python_loop_s = statistics.median(timed(lambda: loop(raw, x, y)) for _ in range(3))
-    b = rb.unwrap(call("bridge", steps)().model)
+    result = call("bridge", steps)()
+    check_ready(result)
+    b = rb.unwrap(result.model)
     h = call("hand", steps)()[0]
     agree = abs(float(b.power) - float(h[1])) < 1e-3
     return {
@@ -187,6 +198,7 @@ def bench_one_step(repeats, n_data=200):
     for fn in calls.values():  # compile, and let the bridge time its loop (no bar from the third call)
         for _ in range(3):
             timed(fn)
+    check_ready(calls["bridge"]())
     times = {"bridge": [], "hand": []}
     for r in range(repeats):
         for side in ("bridge", "hand") if r % 2 == 0 else ("hand", "bridge"):
