@@ -33,18 +33,22 @@ import reparam_bridge as rb
 
 
 def block(out):
-    """Wait for a call's result. ``rb.map_estimate`` / ``rb.fit`` read their result before they
-    return (the NaN and convergence checks), so a :class:`rb.FitResult` is complete on return:
-    waiting on its losses is enough (checked by :func:`check_ready`). Flattening the whole
-    result to wait on every leaf would charge the bridge ~50 us of harness work a call (Equinox's
-    Python flatten of the model and of the optimiser state, 3x that on cold caches after a
-    computation) that the hand loop's tuple does not pay."""
+    """Wait for a call's result. For a run of one step or more, ``rb.map_estimate`` /
+    ``rb.fit`` return the model and optimiser state as outputs of the compiled loop whose summary
+    they read before returning (the NaN and convergence checks), so those are computed on return;
+    the losses are that loop's output too, or (stopped early) a fresh copy: waiting on them is
+    enough (checked by :func:`check_ready`). Flattening the whole result to wait on every leaf
+    would charge the bridge ~50 us of harness work a call (Equinox's Python flatten of the model
+    and of the optimiser state, 3x that on cold caches after a computation) that the hand loop's
+    tuple does not pay."""
     return jax.block_until_ready(out.losses if isinstance(out, rb.FitResult) else out)
 
 
 def check_ready(result):
-    """Every array of a just-returned :class:`rb.FitResult` is computed (what :func:`block` relies on)."""
-    pending = [x for x in jax.tree_util.tree_leaves(result) if isinstance(x, jax.Array) and not x.is_ready()]
+    """Every array of a just-returned :class:`rb.FitResult` but its losses is computed (what
+    :func:`block` relies on)."""
+    arrays = jax.tree_util.tree_leaves((result.model, result.opt_state))
+    pending = [x for x in arrays if isinstance(x, jax.Array) and not x.is_ready()]
     assert not pending, f"map_estimate returned {len(pending)} arrays still being computed"
 
 
