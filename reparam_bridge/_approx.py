@@ -94,10 +94,10 @@ class Approximation(eqx.Module):
 
     def sample(self, key: PRNGKeyArray, num_draws: int, num_chains: int = 1) -> PyTree:
         """Draws as the user's model type, unwrapped, every array leaf shaped ``(chain, draw, ...)``."""
-        from ._posterior import _batched_unwrap
+        from ._posterior import unwrap_draws
 
         static = partition(self.mean)[1]
-        return _batched_unwrap(static, self._unravel_batched(self.draws_flat(key, num_draws, num_chains)))
+        return unwrap_draws(static, self._unravel_batched(self.draws_flat(key, num_draws, num_chains)))
 
     def to_inference_data(self, key: PRNGKeyArray, num_draws: int = 1000, num_chains: int = 1):
         """``arviz.InferenceData`` of ``sample(key, num_draws, num_chains)``, variables named

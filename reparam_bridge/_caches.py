@@ -1,6 +1,38 @@
-"""``rb.clear_caches()``: forget what the bridge keeps between calls."""
+"""What the bridge keeps between calls (compiled loops and samplers, optimiser states, passed
+checks), in bounded dicts that ``rb.clear_caches()`` empties all at once."""
+
+from typing import Any
 
 import jax
+
+_ALL: list["Cache"] = []
+
+
+class Cache(dict):
+    """A dict kept between calls that holds at most ``size`` entries (a bound: keys and values
+    hold user functions, their closures and compiled programs), registered with
+    :func:`clear_caches`. :meth:`put` drops the oldest entry when full; to keep the most
+    recently used instead, ``pop`` an entry and ``put`` it back.
+
+    Example:
+        >>> seen = Cache(2)
+        >>> for k in "abc":
+        ...     _ = seen.put(k, k.upper())
+        >>> list(seen), seen in _ALL
+        (['b', 'c'], True)
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        _ALL.append(self)  # module-level caches only: registered for good
+
+    def put(self, key: Any, value: Any) -> Any:
+        """``self[key] = value``, first dropping the oldest entry if full; returns ``value``."""
+        if key not in self and len(self) >= self.size:
+            del self[next(iter(self))]
+        self[key] = value
+        return value
 
 
 def clear_caches() -> None:
@@ -16,9 +48,6 @@ def clear_caches() -> None:
         >>> import reparam_bridge as rb
         >>> rb.clear_caches()
     """
-    from . import _checks, _fit, _fitloop, _sharded
-
     jax.clear_caches()
-    for cache in (_checks._PASSED, _fit._SPECS, _fitloop._VALUE_AND_GRAD, _fitloop._INIT, _fitloop._CONSTANTS):
+    for cache in _ALL:
         cache.clear()
-    _sharded._RUNS.clear()

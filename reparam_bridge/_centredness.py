@@ -18,10 +18,10 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._bijectors.locscale import LocScale, reparameterize
 from ._density import log_density, partition
 from ._guides import make_guide
-from ._sharded import auto_axes
+from ._mesh import auto_axes
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names
-from ._variational import _default_optimizer, build_result, fit_elbo, flat_log_density
+from ._variational import build_result, default_guide_optimizer, fit_elbo, flat_log_density
 
 
 def _getter(keypath: tuple) -> Callable[[PyTree], Any]:
@@ -144,7 +144,7 @@ def learn_centredness(
 
     k_init, k_fit, k_diag = jax.random.split(key, 3)
     q = make_guide(guide, flat, k_init, init_scale)
-    optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
+    optimizer = optimizer if optimizer is not None else default_guide_optimizer(q, learning_rate, steps)
     logit = jnp.log(init_centered / (1 - init_centered)) / _SPEED
     logits0 = [jnp.full(shape, logit, dtype) for shape in shapes]
     q, logits, losses = fit_elbo(

@@ -28,6 +28,7 @@ import numpy as np
 from jaxtyping import PyTree
 from numpyro.distributions import Distribution
 
+from ._caches import Cache
 from ._paths import path_to_str
 from ._tree import NonTrainable, Unwrappable
 
@@ -300,7 +301,7 @@ def flat_signature(tree: PyTree) -> tuple[list, Any, Any]:
 # Checks already passed, by what they read (a signature): a repeated fit of the same model
 # on new data of the same shapes skips them (bench_fit: ~0.5 ms a call against 18 ms for
 # 3,000 Adam steps). A failed check raises every time; nothing is cached for it.
-_PASSED: dict = {}
+_PASSED = Cache(32)  # the keys may hold user functions and their closures
 
 
 def once(key: Any, check: Callable[[], Any]) -> Any:
@@ -309,9 +310,7 @@ def once(key: Any, check: Callable[[], Any]) -> Any:
         return _PASSED[key]
     out = check()
     if key is not None:
-        if len(_PASSED) >= 32:  # a bound: the keys may hold user functions and their closures
-            _PASSED.pop(next(iter(_PASSED)))
-        _PASSED[key] = out
+        _PASSED.put(key, out)
     return out
 
 

@@ -22,23 +22,14 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import _checks
+from ._batches import batch_size_of, get_batch
+from ._caches import Cache
 from ._constraint import contains_constraints
 from ._convergence import Movement, Tolerance, report
 from ._density import partition
-from ._fitloop import (
-    Info,
-    Loop,
-    Spec,
-    batch_size_of,
-    constant,
-    context,
-    diagnose,
-    get_batch,
-    run,
-    strong_types,
-)
+from ._fitloop import Info, Loop, Spec, constant, context, diagnose, run, strong_types
 from ._fitplan import Plan
-from ._sharded import auto_axes
+from ._mesh import auto_axes
 from ._tree import unwrap
 from ._util import to_numpy
 
@@ -94,7 +85,7 @@ class _UnwrappedLoss(NamedTuple):
         return self.loss_fn(unwrap(model), *args)
 
 
-def _fit(
+def run_fit(
     objective,
     model,
     args,
@@ -251,7 +242,7 @@ def _fit(
     return FitResult._of(out_model, losses, out_state, converged, final_gnorm)
 
 
-_SPECS: dict = {}
+_SPECS = Cache(32)  # the keys hold user functions and their closures
 
 
 def _spec(loop: Loop, leaves: list, treedef: Any, sig: Any, model: PyTree, what: str) -> Spec:
@@ -264,10 +255,7 @@ def _spec(loop: Loop, leaves: list, treedef: Any, sig: Any, model: PyTree, what:
     spec = _SPECS.pop(key, None)  # and put back last: the least recently used goes first
     if spec is None:
         spec = Spec(key, loop, leaves, treedef, model)
-        if len(_SPECS) >= 32:  # a bound: the keys hold user functions and their closures
-            _SPECS.pop(next(iter(_SPECS)))
-    _SPECS[key] = spec
-    return spec
+    return _SPECS.put(key, spec)
 
 
 def _unhashable(leaves: list, treedef: Any) -> str:
@@ -351,7 +339,7 @@ def fit(
         >>> float(rb.finalize(res.model)["slope"]), res.losses.shape
         (0.0, (300,))
     """
-    return _fit(
+    return run_fit(
         _UnwrappedLoss(loss_fn),
         model,
         args,

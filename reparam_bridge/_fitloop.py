@@ -1,7 +1,7 @@
 """The compiled optimisation loop behind :func:`~reparam_bridge.fit` and
-:func:`~reparam_bridge.map_estimate`: mini-batches, one ``lax.fori_loop`` chunk with traced
-start and stop steps, and the replay that names the step and parameters of a failure (the plan
-that cuts a run into chunks is in ``_fitplan.py``)."""
+:func:`~reparam_bridge.map_estimate`: one ``lax.fori_loop`` chunk with traced start and stop
+steps, and the replay that names the step and parameters of a failure (the plan that cuts a run
+into chunks is in ``_fitplan.py``, mini-batches in ``_batches.py``)."""
 
 import functools
 import math
@@ -14,49 +14,15 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import Array, PyTree
 
 from . import _effort, _tree
+from ._batches import get_batch
+from ._caches import Cache
 from ._constraint import apply
 from ._convergence import leaf_names
 from ._density import partition
 from ._util import to_numpy
-
-# ----------------------------------------------------------------------------------------
-# mini-batches
-
-
-def batch_size_of(args: tuple) -> int:
-    sizes = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
-        if not eqx.is_array_like(leaf) or jnp.ndim(leaf) == 0:
-            raise ValueError(
-                f"fit(batch_size=...): every data argument is split along its leading axis, but "
-                f"args{jax.tree_util.keystr(path)} is {type(leaf).__name__} with shape "
-                f"{jnp.shape(leaf)}. Close over data that should not be batched inside loss_fn."
-            )
-        sizes[f"args{jax.tree_util.keystr(path)}"] = jnp.shape(leaf)[0]
-    if not sizes:
-        raise ValueError("fit(batch_size=...) needs data arguments to batch; none were given.")
-    if len(set(sizes.values())) > 1:
-        raise ValueError(
-            "fit(batch_size=...): all data arguments must share their leading (batch) axis, got "
-            + ", ".join(f"{k}: {v}" for k, v in sizes.items())
-            + "."
-        )
-    return next(iter(sizes.values()))
-
-
-def get_batch(args: tuple, key: PRNGKeyArray | None, step: Array, batch_size: int | None, n: int):
-    if batch_size is None:
-        return args
-    # Uniform indices, drawn afresh each step from fold_in(key, step).
-    idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
-    return jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), args)
-
-
-# ----------------------------------------------------------------------------------------
-# the compiled loop
 
 
 def _all_finite(tree: PyTree) -> Array:
@@ -81,9 +47,7 @@ class Loop(NamedTuple):
         twice (the step, and the gradient at the point returned): a jit of its own, kept per loop."""
         fn = _VALUE_AND_GRAD.get(self)
         if fn is None:
-            if len(_VALUE_AND_GRAD) >= 32:
-                _VALUE_AND_GRAD.pop(next(iter(_VALUE_AND_GRAD)))
-            fn = _VALUE_AND_GRAD[self] = eqx.filter_jit(jax.value_and_grad(self.value_fn))
+            fn = _VALUE_AND_GRAD.put(self, eqx.filter_jit(jax.value_and_grad(self.value_fn)))
         return fn(params, static, batch)
 
     def step(self, params, opt_state, static, args, key, i):
@@ -99,7 +63,7 @@ class Loop(NamedTuple):
         return params, opt_state, value, grads
 
 
-_VALUE_AND_GRAD: dict = {}
+_VALUE_AND_GRAD = Cache(32)
 
 
 class Spec:
@@ -273,7 +237,7 @@ class Info(NamedTuple):
         return cls(first_bad, info[2], info[3], losses, rest[:n], extents)
 
 
-_INIT: dict = {}
+_INIT = Cache(16)
 
 
 def init_state(optimizer: Any, params) -> tuple[Any, bool]:
@@ -290,13 +254,11 @@ def init_state(optimizer: Any, params) -> tuple[Any, bool]:
     except TypeError:  # an unhashable optimizer: compiled per call
         return jax.jit(lambda p: strong_types(optimizer.init(p)))(params), False
     if entry is None:
-        if len(_INIT) >= 16:
-            _INIT.pop(next(iter(_INIT)))
         init = jax.jit(lambda p: strong_types(optimizer.init(p)))
         # kept only for small models: a large one's state is memory, and its fit is long anyway
         small = sum(x.size * x.dtype.itemsize for x in leaves) <= _SMALL_BYTES
         constant = small and not _reads_inputs(jax.make_jaxpr(optimizer.init)(params).jaxpr)
-        entry = _INIT[key] = (init, init(params) if constant else None)
+        entry = _INIT.put(key, (init, init(params) if constant else None))
     init, state = entry
     return (init(params), False) if state is None else (state, True)
 
@@ -330,7 +292,7 @@ def _reads_inputs(jaxpr) -> bool:
     return used(jaxpr.outvars)
 
 
-_CONSTANTS: dict = {}
+_CONSTANTS = Cache(64)
 
 
 def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
@@ -343,9 +305,7 @@ def constant(value: Any, dtype: Any, shape: tuple = ()) -> Array:
     key = (value, np.dtype(dtype), shape, context())
     out = _CONSTANTS.get(key)
     if out is None:
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.pop(next(iter(_CONSTANTS)))
-        out = _CONSTANTS[key] = _full(value, dtype, shape)
+        out = _CONSTANTS.put(key, _full(value, dtype, shape))
     return out
 
 

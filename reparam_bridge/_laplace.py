@@ -20,8 +20,8 @@ from ._approx import Approximation
 from ._checks import preflight
 from ._density import check_bijective, partition
 from ._map import map_estimate
+from ._mesh import auto_axes
 from ._psis import psislw
-from ._sharded import auto_axes
 from ._util import NegLogDensity, host_rng, neg_log_density_hessian
 
 

@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, PyTree
 from . import _checks
 from ._constraint import contains_constraints
 from ._density import check_bijective
-from ._fit import FitResult, _fit
+from ._fit import FitResult, run_fit
 from ._util import NegLogDensity
 
 
@@ -79,7 +79,7 @@ def map_estimate(
     # (Not with Constraints: a projected optimum at a bound has a non-zero gradient.)
     judged = fit_kwargs.get("rtol") is None and not constrained
     fit_kwargs.setdefault("tol", _MAP_TOL if judged else None)
-    return _fit(
+    return run_fit(
         NegLogDensity(log_joint, jacobian),
         model,
         args,

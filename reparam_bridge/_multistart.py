@@ -21,7 +21,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._constraint import apply, contains_constraints
 from ._density import check_bijective, partition
-from ._sharded import auto_axes
+from ._mesh import auto_axes
 from ._tree import unwrap
 from ._util import NegLogDensity
 

@@ -26,7 +26,7 @@ from ._neutra_tune import fine_tune as tune
 from ._neutra_tune import skip_flow
 from ._unwrappable import NonTrainable, unwrap
 from ._util import coordinate_names
-from ._variational import _default_optimizer, build_result, fit_elbo, flat_log_density
+from ._variational import build_result, default_guide_optimizer, fit_elbo, flat_log_density
 
 
 class _Spec:
@@ -211,7 +211,7 @@ def neutra(
         )
     losses = jnp.zeros((0,))
     if steps:
-        optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
+        optimizer = optimizer if optimizer is not None else default_guide_optimizer(q, learning_rate, steps)
         q, _, losses = fit_elbo(
             q,
             lambda z, _: log_p(z),

@@ -31,9 +31,9 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._approx import Approximation
 from ._density import check_bijective
 from ._diagnose import check_model
-from ._posterior import _logdensity_fn
+from ._mesh import auto_axes
+from ._posterior import free_logdensity
 from ._psis import psislw
-from ._sharded import auto_axes
 from ._util import coordinate_names, host_rng
 
 
@@ -148,7 +148,7 @@ def pathfinder(
     params, static = check_model(model, log_joint, args, "pathfinder")
     bjp = _import_blackjax()
     flat, unravel = ravel_pytree(params)
-    logdensity = _logdensity_fn(log_joint, static, args)
+    logdensity = free_logdensity(log_joint, static, args)
     flat_logdensity = lambda x: logdensity(unravel(x))  # noqa: E731
     start_key, path_key, draw_key = jax.random.split(key, 3)
     starts = flat + init_radius * jax.random.uniform(start_key, (num_paths, flat.shape[0]), flat.dtype, -1.0, 1.0)

@@ -21,15 +21,15 @@ from ._tree import unwrap
 from ._trust import check_draws
 from ._util import NegLogDensity, tree_depth
 
-_EXTRA_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
+HMC_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
 
-def _logdensity_fn(log_joint: Callable, static: PyTree, args: tuple) -> Callable[[PyTree], Array]:
+def free_logdensity(log_joint: Callable, static: PyTree, args: tuple) -> Callable[[PyTree], Array]:
     neg = NegLogDensity(log_joint, True, static)
     return lambda params: -neg(params, *args)
 
 
-def _kernel_class(kernel: type | str) -> type:
+def kernel_class(kernel: type | str) -> type:
     if isinstance(kernel, str):
         kernels = {"nuts": NUTS, "hmc": HMC}
         if kernel.lower() not in kernels:
@@ -38,13 +38,13 @@ def _kernel_class(kernel: type | str) -> type:
     return kernel
 
 
-def _extra_fields(mcmc: MCMC) -> tuple[str, ...]:
+def extra_fields_for(mcmc: MCMC) -> tuple[str, ...]:
     # The HMC family (NUTS included) has the fields ArviZ's sample_stats need; other kernels
     # (BarkerMH, ...) have other states, so nothing extra is collected for them.
-    return _EXTRA_FIELDS if isinstance(mcmc.sampler, HMC) else ()
+    return HMC_FIELDS if isinstance(mcmc.sampler, HMC) else ()
 
 
-def _sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[str, np.ndarray]:
+def to_sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[str, np.ndarray]:
     if "num_steps" not in extra:
         return {}
     n_steps = np.asarray(extra["num_steps"])
@@ -63,7 +63,7 @@ def _sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[s
     return out
 
 
-def _batched_unwrap(static: PyTree, samples: PyTree) -> PyTree:
+def unwrap_draws(static: PyTree, samples: PyTree) -> PyTree:
     """Unwrap every (chain, draw) of ``samples``; one compiled vmap over the flattened draws."""
     leaves = jax.tree_util.tree_leaves(samples)
     chains, draws = leaves[0].shape[:2]
@@ -121,7 +121,7 @@ class Posterior:
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
-        stats = _sample_stats(
+        stats = to_sample_stats(
             mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None)
         )
         post = cls(
@@ -138,7 +138,7 @@ class Posterior:
             model,
             static,
             samples,
-            _sample_stats(extras),
+            to_sample_stats(extras),
             mcmc=mcmc,
             log_joint=log_joint,
             args=args,
@@ -162,7 +162,7 @@ class Posterior:
     @property
     def draws(self) -> PyTree:
         if self._draws is None:
-            self._draws = _batched_unwrap(self._static, self._samples)
+            self._draws = unwrap_draws(self._static, self._samples)
         return self._draws
 
     def _pointwise_log_likelihood(self) -> dict[str, np.ndarray] | None:
@@ -254,7 +254,7 @@ class Posterior:
             mcmc.num_samples = int(num_samples)
         mcmc._set_collection_params()
         mcmc.progress_bar = progress_bar
-        mcmc.run(self._last_state.rng_key, extra_fields=_extra_fields(mcmc))
+        mcmc.run(self._last_state.rng_key, extra_fields=extra_fields_for(mcmc))
         new = Posterior._from_mcmc(self.model, self._static, mcmc, self._log_joint, self._args, self._log_likelihood)
         return self._append(new._samples, new.sample_stats, mcmc, new._last_state)
 
@@ -301,9 +301,9 @@ class Posterior:
                     "closure); pass resume(n, log_joint=..., args=(...))."
                 )
             cfg = self._config
-            potential_fn = jax.jit(lambda p: -_logdensity_fn(self._log_joint, self._static, self._args)(p))
+            potential_fn = jax.jit(lambda p: -free_logdensity(self._log_joint, self._static, self._args)(p))
             mcmc = MCMC(
-                _kernel_class(cfg["kernel"])(potential_fn=potential_fn, **cfg["kernel_kwargs"]),
+                kernel_class(cfg["kernel"])(potential_fn=potential_fn, **cfg["kernel_kwargs"]),
                 num_warmup=cfg["num_warmup"],
                 num_samples=cfg["every"],
                 num_chains=cfg["num_chains"],
@@ -313,10 +313,10 @@ class Posterior:
             fresh = True
         every = self._config["every"] if self._config else max(1, mcmc.num_samples)
         samples, extras, state = _checkpoint.run_chunks(
-            mcmc, self._last_state, num_samples, every, writer, _extra_fields(mcmc), fresh=fresh
+            mcmc, self._last_state, num_samples, every, writer, extra_fields_for(mcmc), fresh=fresh
         )
         samples, extras = _checkpoint.concat(samples, extras)
-        return self._append(samples, _sample_stats(extras), mcmc, state)
+        return self._append(samples, to_sample_stats(extras), mcmc, state)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``posterior.nc`` (ArviZ netCDF), ``unconstrained.eqx`` (equinox serialisation
@@ -343,7 +343,7 @@ class Posterior:
             model,
             static,
             got.samples,
-            _sample_stats(got.extras) if got.extras else {},
+            to_sample_stats(got.extras) if got.extras else {},
             log_joint=lj,
             args=args,
             log_likelihood=ll,

@@ -17,9 +17,10 @@ from numpyro.infer.ensemble import EnsembleSampler
 from . import _checkpoint, _checks, _effort, _warmstart
 from ._density import partition
 from ._diagnose import check_model, diagnose_nonfinite
+from ._mesh import args_are_sharded, auto_axes
 from ._paths import leaves_with_paths
-from ._posterior import Posterior, _extra_fields, _kernel_class
-from ._sharded import args_are_sharded, auto_axes, sample_sharded
+from ._posterior import Posterior, extra_fields_for, kernel_class
+from ._sharded import sample_sharded
 from ._trust import check_draws
 from ._util import NegLogDensity, host_rng
 
@@ -211,7 +212,7 @@ def sample(
         # chains in sequence: the bridge's loop, compiled once (NumPyro's compiles per chain);
         # by default on CPU where there are fewer devices than chains (measured: _default_method)
         if chain_method is None and not sharded:
-            if ensemble or not isinstance(_kernel_class(kernel), type):  # (a partial(NUTS, ...): NumPyro's MCMC)
+            if ensemble or not isinstance(kernel_class(kernel), type):  # (a partial(NUTS, ...): NumPyro's MCMC)
                 chain_method = "vectorized"
             elif checkpoint is None:
                 chain_method = _default_method(num_chains)
@@ -222,7 +223,7 @@ def sample(
                 static,
                 log_joint,
                 args,
-                _kernel_class(kernel),
+                kernel_class(kernel),
                 kernel_kwargs,
                 init_params,
                 run_key,
@@ -257,14 +258,14 @@ def sample(
                     quick_compile=quick,
                 )
                 writer = _checkpoint.start(checkpoint, model, config, (log_joint, args, log_likelihood), num_samples)
-                mcmc.warmup(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+                mcmc.warmup(run_key, init_params=init_params, extra_fields=extra_fields_for(mcmc))
                 writer.commit(None, None, mcmc.post_warmup_state)
                 parts = _checkpoint.run_chunks(
-                    mcmc, mcmc.post_warmup_state, num_samples, every, writer, _extra_fields(mcmc), fresh=False
+                    mcmc, mcmc.post_warmup_state, num_samples, every, writer, extra_fields_for(mcmc), fresh=False
                 )
                 post = Posterior._from_chunks(model, static, mcmc, log_joint, args, log_likelihood, parts, writer)
             else:
-                mcmc.run(run_key, init_params=init_params, extra_fields=_extra_fields(mcmc))
+                mcmc.run(run_key, init_params=init_params, extra_fields=extra_fields_for(mcmc))
                 post = Posterior._from_mcmc(model, static, mcmc, log_joint, args, log_likelihood)
     post.coords, post.dims = coords, dims
     post._quick_compile = quick  # a resumed run compiles as this one did: the same draws
@@ -303,7 +304,7 @@ def _mcmc(
     if chain_method is None:
         chain_method = "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
     mcmc = MCMC(
-        _kernel_class(kernel)(potential_fn=potential_fn, **kernel_kwargs),
+        kernel_class(kernel)(potential_fn=potential_fn, **kernel_kwargs),
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,

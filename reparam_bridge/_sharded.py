@@ -48,10 +48,6 @@ the chains from the last states it returns. The two recipes, which run unchanged
 
 import hashlib
 import inspect
-import logging
-import os
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -65,94 +61,9 @@ from jaxtyping import PyTree
 from numpyro.infer import HMC
 
 from . import _effort
-
-CHAINS = "chains"  # the mesh axis the chains are split along
-
-
-def _sharded_leaves(args: tuple) -> list[jax.Array]:
-    return [
-        x
-        for x in jax.tree_util.tree_leaves(args)
-        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
-    ]
-
-
-def auto_axes(args: tuple) -> tuple:
-    """``args`` with every array on an explicit-axis mesh (``jax.make_mesh``'s default since
-    JAX 0.7) moved to the same mesh with ``Auto`` axes: the same devices and the same split, no
-    data moved. Under explicit axes JAX types each array with its sharding and refuses what it
-    cannot type, e.g. ``jax.grad`` of ``(x @ w).sum()`` over row-sharded ``x`` ("contracting
-    dimensions are sharded"), so the user's own ``log_joint`` gradient fails; with ``Auto`` axes
-    XLA chooses the layouts and inserts the cross-device reduction."""
-    axis_type = getattr(jax.sharding, "AxisType", None)
-    if axis_type is None:  # a JAX without sharding in types: every mesh is Auto
-        return args
-
-    def auto(x):
-        sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
-        if not isinstance(sharding, NamedSharding):
-            return x
-        mesh = sharding.mesh
-        if all(t == axis_type.Auto for t in (getattr(mesh, "axis_types", None) or ())):
-            return x
-        auto_mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(axis_type.Auto,) * len(mesh.axis_names))
-        return jax.device_put(x, NamedSharding(auto_mesh, sharding.spec, memory_kind=sharding.memory_kind))
-
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    moved = [auto(x) for x in leaves]
-    if all(a is b for a, b in zip(moved, leaves)):  # the common case: nothing to rebuild
-        return args
-    return treedef.unflatten(moved)
-
-
-def args_are_sharded(args: tuple) -> bool:
-    """Whether some array in ``args`` is split over several devices (then ``rb.sample``
-    keeps it so, through this module, rather than NumPyro's MCMC, which would gather it)."""
-    return bool(_sharded_leaves(args))
-
-
-def chain_layout(args: tuple, num_chains: int) -> tuple[Mesh, P]:
-    """The mesh and the spec of the chain axis: the data's mesh if ``args`` are sharded
-    (chains split along its ``"chains"`` axis if it has one, else replicated), else a 1-D
-    mesh ``("chains",)`` over every device of every process."""
-    data = _sharded_leaves(args)
-    meshes = {x.sharding.mesh for x in data if isinstance(x.sharding, NamedSharding)}
-    if len(meshes) > 1:
-        raise ValueError("rb.sample: the sharded arrays in *args use different meshes; place them all on one Mesh.")
-    if data and not meshes:
-        raise TypeError(
-            f"rb.sample: a sharded argument has a {type(data[0].sharding).__name__}; place data with "
-            "jax.device_put(x, NamedSharding(mesh, PartitionSpec('data'))) so that its mesh is known."
-        )
-    mesh = meshes.pop() if meshes else Mesh(np.array(jax.devices()), (CHAINS,))
-    spec = P(CHAINS) if CHAINS in mesh.axis_names else P()
-    n = mesh.shape[CHAINS] if CHAINS in mesh.axis_names else 1
-    if num_chains % n:
-        raise ValueError(
-            f"rb.sample(chain_method='sharded'): num_chains={num_chains} is not a multiple of the {n} "
-            f"devices along the mesh axis '{CHAINS}'; use num_chains={n * max(1, round(num_chains / n))} "
-            "(or any multiple of jax.device_count())."
-        )
-    return mesh, spec
-
-
-def _global(x: Any, sharding: NamedSharding) -> jax.Array:
-    """``x`` (the same value on every process) as one global array with ``sharding``."""
-    if isinstance(x, jax.Array) and x.sharding.device_set == set(sharding.mesh.devices.flat):
-        return x  # already placed by the user over the mesh's devices: keep it as it is
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        raise ValueError("rb.sample: an argument spans processes but not the devices of the sampling mesh.")
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def _gather(tree: PyTree) -> PyTree:
-    """Host copies of global arrays; with several processes every process gets the whole."""
-    if jax.process_count() == 1:
-        return jax.tree_util.tree_map(np.asarray, tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
+from ._caches import Cache
+from ._mesh import CHAINS, chain_layout, gather, to_global
+from ._progress import LoopProgress
 
 
 def sample_sharded(
@@ -185,7 +96,7 @@ def sample_sharded(
 
     ``state``: the kernel's last state of an earlier run (chain axis first; ``num_warmup=0``):
     :meth:`Posterior.resume` continues those chains (see :func:`resume`)."""
-    from ._posterior import _EXTRA_FIELDS, Posterior, _sample_stats
+    from ._posterior import HMC_FIELDS, Posterior, to_sample_stats
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
     if thinning < 1:
@@ -198,8 +109,8 @@ def sample_sharded(
 
     keys = jax.random.split(key, num_chains)
     keys = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
-    keys = _global(np.asarray(keys), chains)
-    init = jax.tree_util.tree_map(lambda x: _global(x, chains), init_params)  # (a resume's: already placed)
+    keys = to_global(np.asarray(keys), chains)
+    init = jax.tree_util.tree_map(lambda x: to_global(x, chains), init_params)  # (a resume's: already placed)
     # The data's arrays and a seeded mass matrix and step size are arguments of the compiled
     # function: constants would be copied onto one device, and the program is reused by the next
     # call with new values of the same shapes (a warm start brings a new mass matrix and step
@@ -209,9 +120,9 @@ def sample_sharded(
     arrays, others = eqx.partition(args, _is_data)
     options = dict(kernel_kwargs)
     seeded = {k: jax.tree_util.tree_map(jnp.asarray, options.pop(k)) for k in _SEEDED if options.get(k) is not None}
-    dynamic = jax.tree_util.tree_map(lambda x: _global(x, replicated), (arrays, seeded))
+    dynamic = jax.tree_util.tree_map(lambda x: to_global(x, replicated), (arrays, seeded))
     leaves, closed = jax.tree_util.tree_flatten((others, static, options))
-    fields = _EXTRA_FIELDS if issubclass(kernel, HMC) else ()
+    fields = HMC_FIELDS if issubclass(kernel, HMC) else ()
     total = num_warmup + num_samples  # as NumPyro's MCMC: thinning keeps num_samples // thinning of them
     every = max(1, total // 100) if progress_bar else 0  # also how soon Ctrl-C stops a run
     bar_total = total * num_chains if sequential else total  # in sequence, the bar runs over every chain
@@ -220,13 +131,13 @@ def sample_sharded(
     # the effort flag too: a sampler compiled with less optimisation is not one compiled with full
     config = (log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential)
     config += (_effort.flag(), _fingerprint(log_joint, static, args, init_params))
-    with _Progress(bar_total if jax.process_index() == 0 and every else 0, sequential):
+    with LoopProgress(bar_total if jax.process_index() == 0 and every else 0, sequential):
         draws, last = _compiled_run((*config, every))(keys, init, dynamic, state)
-        out = jax.tree_util.tree_map(np.asarray, draws) if sequential else _gather(draws)  # (this process's)
+        out = jax.tree_util.tree_map(np.asarray, draws) if sequential else gather(draws)  # (this process's)
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
     depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
     depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
-    stats = _sample_stats(out, depth) if fields else {}
+    stats = to_sample_stats(out, depth) if fields else {}
     post = Posterior(
         model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
     )
@@ -276,13 +187,13 @@ def _fingerprint(log_joint: Callable, static: PyTree, args: tuple, init_params: 
     ``log_joint`` reading a global that has changed since a sampler was compiled gets a new
     one: NumPyro's ``MCMC`` traces on every call, and a kept sampler must not silently sample
     the old density."""
-    from ._posterior import _logdensity_fn
+    from ._posterior import free_logdensity
 
     one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), init_params)
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if _is_data(x) else x  # noqa: E731
     abstract = jax.tree_util.tree_map(spec, args)
     arrays, others = eqx.partition(abstract, lambda x: isinstance(x, jax.ShapeDtypeStruct))
-    closed = jax.make_jaxpr(lambda p, a: _logdensity_fn(log_joint, static, eqx.combine(a, others))(p))(one, arrays)
+    closed = jax.make_jaxpr(lambda p, a: free_logdensity(log_joint, static, eqx.combine(a, others))(p))(one, arrays)
     return str(closed.jaxpr), tuple(_value_id(c) for c in closed.consts)
 
 
@@ -318,7 +229,7 @@ def _is_data(x: Any) -> bool:
 # and data shapes compiles nothing: NUTS takes seconds to compile), including the density's
 # fingerprint (a changed global makes a new one). At most a few: each holds log_joint and its
 # closure.
-_RUNS: dict = {}
+_RUNS = Cache(8)
 
 
 def _compiled_run(config: tuple) -> Callable:
@@ -327,123 +238,12 @@ def _compiled_run(config: tuple) -> Callable:
     except Exception:  # something static is unhashable or not comparable: compiled for this call only
         return _build_run(config)
     if run is None:
-        if len(_RUNS) >= 8:
-            _RUNS.pop(next(iter(_RUNS)))
-        run = _RUNS[config] = _build_run(config)
+        run = _RUNS.put(config, _build_run(config))
     return run
 
 
-# JAX logs a failing callback's traceback; the tick's KeyboardInterrupt is not a failure
-_JAX_CALLBACKS = logging.getLogger("jax._src.debugging")
-
-
-def _not_an_interrupt(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
-
-
-class _Progress:
-    """The tqdm bar of the running sharded sample, advanced by ``tick`` from the compiled
-    loop (a host callback: on every device that runs it, hence the high-water mark).
-
-    With the chains in sequence (one device, one process) it also makes Ctrl-C stop the run.
-    The main thread waits inside XLA, where Python runs no signal handler (so no
-    ``KeyboardInterrupt``) until the whole run ends; but the C-level handler writes the signal
-    to ``signal.set_wakeup_fd``'s pipe at once. The next tick (a callback thread) reads it there
-    and raises, which stops the compiled computation, and leaving the bar raises
-    ``KeyboardInterrupt``. Not across devices: a device that stops leaves the others waiting in
-    a collective (XLA then aborts the process). Only where SIGINT has Python's default handler
-    and no wakeup fd is set (asyncio's): others' signal handling is left alone."""
-
-    current: "_Progress | None" = None
-
-    def __init__(self, total: int, sequential: bool = False):
-        self.total, self.done, self.bar, self.lock = total, 0, None, threading.Lock()
-        self.desc = "rb.sample (chains in sequence)" if sequential else "rb.sample (sharded)"
-        self.sequential, self.interrupted, self.signals = sequential, False, None
-
-    def __enter__(self) -> "_Progress":
-        if self.total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, desc=self.desc, leave=True)
-            if self.sequential:
-                self._catch_interrupts()
-        _Progress.current = self
-        return self
-
-    def _catch_interrupts(self) -> None:
-        if threading.current_thread() is not threading.main_thread():  # only it may set handlers
-            return
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            return
-        read, write = os.pipe()
-        try:
-            os.set_blocking(read, False)
-            os.set_blocking(write, False)
-            wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        except Exception:  # e.g. a platform without non-blocking pipes as wakeup fds
-            os.close(read)
-            os.close(write)
-            return
-        if wakeup != -1:  # someone else's (an event loop's): theirs, untouched
-            signal.set_wakeup_fd(wakeup)
-            os.close(read)
-            os.close(write)
-            return
-        signal.signal(signal.SIGINT, self._interrupt)
-        self.signals = (read, write)
-        _JAX_CALLBACKS.addFilter(_not_an_interrupt)
-
-    def _interrupt(self, signum, frame) -> None:  # (runs only once the main thread is back)
-        self.interrupted = True
-
-    def _pending_interrupt(self) -> bool:
-        if self.signals is not None:
-            try:
-                self.interrupted |= signal.SIGINT in os.read(self.signals[0], 512)
-            except OSError:  # nothing written (BlockingIOError), or closed
-                pass
-        return self.interrupted
-
-    def __exit__(self, *exc) -> None:
-        _Progress.current = None
-        if self.signals is not None:
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                _JAX_CALLBACKS.removeFilter(_not_an_interrupt)
-                self._pending_interrupt()
-            finally:
-                read, write = self.signals
-                self.signals = None
-                os.close(read)
-                os.close(write)
-        if self.bar is not None:
-            if exc[0] is None:
-                self.bar.update(self.total - self.done)  # the steps after the last tick
-            self.bar.close()
-        if self.interrupted:
-            raise KeyboardInterrupt(
-                "rb.sample: interrupted (Ctrl-C); this run's draws are lost. "
-                "Pass checkpoint=PATH to keep the draws of a long run as it goes."
-            ) from None
-
-    @staticmethod
-    def tick(step) -> None:
-        self = _Progress.current
-        if self is None or self.bar is None:
-            return
-        if self._pending_interrupt():  # stops the compiled computation (see the class's docstring)
-            raise KeyboardInterrupt
-        with self.lock:
-            step = min(int(step), self.total)
-            if step > self.done:
-                self.bar.update(step - self.done)
-                self.done = step
-
-
 def _build_run(config: tuple) -> Callable:
-    from ._posterior import _logdensity_fn
+    from ._posterior import free_logdensity
 
     log_joint, typed, closed, kernel, num_warmup, num_samples, thinning, mesh, spec, fields, sequential = config[:11]
     every = config[-1]  # (config[11:13]: the effort flag and the density's fingerprint, only cache keys here)
@@ -475,7 +275,7 @@ def _build_run(config: tuple) -> Callable:
         sample; none: one chain, ``chain`` of the bar's count), from ``state`` if given (a
         resume; the kernel's init still runs, to set it up), draws shaped (draw, ...)."""
         arrays, seeded = dynamic
-        logdensity = _logdensity_fn(log_joint, static, eqx.combine(arrays, others))
+        logdensity = free_logdensity(log_joint, static, eqx.combine(arrays, others))
         sampler = kernel(potential_fn=lambda p: -logdensity(p), **options, **seeded)
         first = sampler.init(jax.random.wrap_key_data(keys), num_warmup, init, (), {})
         state = first if state is None else state
@@ -488,7 +288,7 @@ def _build_run(config: tuple) -> Callable:
             state = sampler.sample(state, (), {})
             if every:  # the bar: a host callback every `every` iterations
                 done = chain * total + i + 1
-                jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(_Progress.tick, done), lambda: None)
+                jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(LoopProgress.tick, done), lambda: None)
             k = i - start
             keep = (k >= 0) & ((k + 1) % thinning == 0)
             slot = jnp.maximum(k, 0) // thinning

@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._approx import Approximation
 from ._density import check_bijective, log_density, partition
 from ._guides import Flow, make_guide, trainable_partition
-from ._sharded import auto_axes
+from ._mesh import auto_axes
 from ._util import coordinate_names
 
 
@@ -181,7 +181,7 @@ class VariationalResult(Approximation):
         return z, z  # no separate noise: the flow's base draws stay inside it
 
 
-def _default_optimizer(guide: Any, learning_rate: float | None, steps: int) -> optax.GradientTransformation:
+def default_guide_optimizer(guide: Any, learning_rate: float | None, steps: int) -> optax.GradientTransformation:
     # Flows have many more parameters than the Gaussians and need smaller steps. The rate
     # decays (cosine, to 1/20): where q cannot equal p the STL gradient keeps some variance,
     # and a decaying step averages it out (Robbins-Monro). Clipping keeps one bad draw (a huge
@@ -284,7 +284,7 @@ def variational(
     flat, unravel, static, log_p = flat_log_density(log_joint, model, args, "rb.variational")
     k_init, k_fit, k_diag = jax.random.split(key, 3)
     q = make_guide(guide, flat, k_init, init_scale)
-    optimizer = optimizer if optimizer is not None else _default_optimizer(q, learning_rate, steps)
+    optimizer = optimizer if optimizer is not None else default_guide_optimizer(q, learning_rate, steps)
     q, _, losses = fit_elbo(
         q,
         lambda z, _: log_p(z),

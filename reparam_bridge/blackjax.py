@@ -26,8 +26,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._diagnose import check_model
-from ._posterior import Posterior, _logdensity_fn
-from ._sharded import auto_axes
+from ._mesh import auto_axes
+from ._posterior import Posterior, free_logdensity
 from ._util import tree_depth
 
 __all__ = ["logdensity", "posterior"]
@@ -51,7 +51,7 @@ def logdensity(model: PyTree, log_joint: Callable[..., Any], *args: Any) -> tupl
     """
     model, args = auto_axes((model, args))
     params, static = check_model(model, log_joint, args, "rb.blackjax.logdensity")
-    return _logdensity_fn(log_joint, static, args), params
+    return free_logdensity(log_joint, static, args), params
 
 
 def _stat(info: Any, name: str) -> np.ndarray | None:

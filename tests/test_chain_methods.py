@@ -69,11 +69,13 @@ def test_parallel_chains_over_cpu_devices():
 def test_sequential_chains_in_process(monkeypatch):
     # the bridge's loop: the chains one after another in one compiled program, compiled once
     # (NumPyro's sequential method compiles its loop again for every chain)
-    from reparam_bridge import _sharded
+    from reparam_bridge import _progress, _sharded
 
     ticks = []
-    tick = _sharded._Progress.tick
-    monkeypatch.setattr(_sharded._Progress, "tick", staticmethod(lambda step: (ticks.append(int(step)), tick(step))))
+    tick = _progress.LoopProgress.tick
+    monkeypatch.setattr(
+        _progress.LoopProgress, "tick", staticmethod(lambda step: (ticks.append(int(step)), tick(step)))
+    )
     # 1,000 draws: at 500, r-hat of this Student-t-like posterior read up to 1.024 (8 keys: <= 1.013);
     # at 1,000 <= 1.0065 over 16 runs (JAX 0.10 and 0.12)
     kwargs = dict(num_warmup=300, num_samples=1000, num_chains=3, chain_method="sequential")

@@ -362,11 +362,13 @@ def test_sharded_sampler_compiles_once_per_shape(caplog):
 
 
 def test_sharded_sampler_shows_a_progress_bar(capfd, monkeypatch):
-    from reparam_bridge import _sharded
+    from reparam_bridge import _progress
 
     ticks = []
-    tick = _sharded._Progress.tick
-    monkeypatch.setattr(_sharded._Progress, "tick", staticmethod(lambda step: (ticks.append(int(step)), tick(step))))
+    tick = _progress.LoopProgress.tick
+    monkeypatch.setattr(
+        _progress.LoopProgress, "tick", staticmethod(lambda step: (ticks.append(int(step)), tick(step)))
+    )
     rb.sample(
         {"m": rb.Real(0.0)},
         lambda m: -0.5 * m["m"] ** 2,
