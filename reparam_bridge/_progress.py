@@ -15,7 +15,7 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 
 
 class LoopProgress:
-    """The tqdm bar of the running sharded sample, advanced by ``tick`` from the compiled
+    """The tqdm bar of a running sample in the bridge's loop, advanced by ``tick`` from the compiled
     loop (a host callback: on every device that runs it, hence the high-water mark).
 
     With the chains in sequence (one device, one process) it also makes Ctrl-C stop the run.
