@@ -59,16 +59,23 @@ def _executed_at_import(tree: ast.Module) -> list[ast.stmt]:
     return out
 
 
+def _from_imports(module: str, node: ast.AST, package: str = NAME) -> list[tuple[ast.alias, str, str]]:
+    """``(alias, source, full name)`` of each name that ``node``, a ``from ... import`` of the
+    package in ``module``, imports (none for any other statement)."""
+    source = _source(module, node, package) if isinstance(node, ast.ImportFrom) else None
+    if source is None:
+        return []
+    return [(alias, source, f"{source}.{alias.name}" if source else alias.name) for alias in node.names]
+
+
 def _imported_modules(module: str, nodes, modules: dict, package: str = NAME) -> dict[str, str]:
     """``{local name: package module}`` bound by the imports among ``nodes``."""
     bound = {}
     for node in nodes:
-        if isinstance(node, ast.ImportFrom) and (source := _source(module, node, package)) is not None:
-            for alias in node.names:
-                target = _module_of(f"{source}.{alias.name}" if source else alias.name, modules)
-                if target is not None:
-                    bound[alias.asname or alias.name] = target
-        elif isinstance(node, ast.Import):
+        for alias, _, full in _from_imports(module, node, package):
+            if (target := _module_of(full, modules)) is not None:
+                bound[alias.asname or alias.name] = target
+        if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(package + ".") and alias.asname:
                     target = _module_of(alias.name[len(package) + 1 :], modules)
@@ -85,12 +92,10 @@ def private_crossings(modules: dict, package: str = NAME) -> list[str]:
         nodes = list(ast.walk(ast.parse(path.read_text())))
         local = _imported_modules(module, nodes, modules, package)
         for node in nodes:
-            if isinstance(node, ast.ImportFrom) and (source := _source(module, node, package)) is not None:
-                for alias in node.names:
-                    full = f"{source}.{alias.name}" if source else alias.name
-                    if _is_private(alias.name) and _module_of(full, modules) is None:
-                        found.append(f"{module}: from {source or package} import {alias.name}")
-            elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+            for alias, source, full in _from_imports(module, node, package):
+                if _is_private(alias.name) and _module_of(full, modules) is None:
+                    found.append(f"{module}: from {source or package} import {alias.name}")
+            if isinstance(node, ast.Attribute) and _is_private(node.attr):
                 owner = _dotted(node.value)
                 if owner is not None and _attribute_module(owner, local, modules) is not None:
                     found.append(f"{module}: {owner}.{node.attr}")
@@ -130,12 +135,11 @@ def import_graph(modules: dict, package: str = NAME) -> dict[str, set[str]]:
         deps = set()
         nodes = _executed_at_import(ast.parse(path.read_text()))
         for node in nodes:
-            sources = []
-            if isinstance(node, ast.ImportFrom) and (source := _source(module, node, package)) is not None:
-                for alias in node.names:
-                    full = f"{source}.{alias.name}" if source else alias.name
-                    sources.append(full if _module_of(full, modules) else source)
-            elif isinstance(node, ast.Import):
+            sources = [
+                full if _module_of(full, modules) else source
+                for _, source, full in _from_imports(module, node, package)
+            ]
+            if isinstance(node, ast.Import):
                 sources += [a.name[len(package) + 1 :] for a in node.names if a.name.startswith(package + ".")]
             for source in sources:
                 parts = source.split(".") if source else []
