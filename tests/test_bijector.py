@@ -455,6 +455,36 @@ def test_ref_errors():
         rb.Bounded(1.0, upper=rb.Ref("a"))
 
 
+@pytest.mark.parametrize(
+    "constraint, named, n",
+    [
+        (C.simplex, rb.Simplex, 3),
+        (C.positive_ordered_vector, rb.PositiveOrdered, 3),
+        (C.corr_cholesky, rb.CorrCholesky, 3),
+        (C.corr_matrix, rb.CorrMatrix, 3),
+        (C.lower_cholesky, rb.CovCholesky, 6),
+        (C.positive_definite, rb.PositiveDefinite, 6),
+    ],
+)
+def test_constrained_uses_the_named_bijectors_map(constraint, named, n):
+    # Where a named bijector has its own map, Constrained over the same constraint uses it: the
+    # same values, log-Jacobians and log-densities, also far out where NumPyro's maps fail in
+    # float32 (its stick-breaking log-Jacobian is off by 13 nats at u = (20, -20), -inf at 80)
+    for scale in (1.0, 20.0, 80.0):
+        u = jnp.asarray(np.where(np.arange(n) % 2 == 0, scale, -scale), jnp.float32)
+        a, b = rb.Constrained.from_unconstrained(u, constraint), named.from_unconstrained(u)
+        np.testing.assert_array_equal(rb.unwrap(a), rb.unwrap(b))
+        np.testing.assert_array_equal(rb.log_det_jacobian(a), rb.log_det_jacobian(b))
+
+
+def test_constrained_simplex_log_density_is_the_simplexs():
+    u = jnp.array([20.0, -20.0])
+    prior = dist.Dirichlet(jnp.array([1.5, 2.0, 3.0]))
+    log_p = lambda w: rb.log_density(lambda m: 0.0, {"w": w})  # noqa: E731
+    expected = log_p(rb.Simplex.from_unconstrained(u, prior=prior))
+    assert float(log_p(rb.Constrained.from_unconstrained(u, C.simplex, prior=prior))) == float(expected)
+
+
 def test_constrained_refuses_jax_array_bounds_in_its_static_constraint():
     import jax.numpy as jnp
     import pytest
