@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -154,11 +155,11 @@ def replace_directory(build: Callable[[str], None], directory: str) -> None:
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    tmp = _sibling(directory, "tmp")
     try:
         build(tmp)
         if os.path.isdir(directory):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
+            old = _sibling(directory, "old")
             os.replace(directory, os.path.join(old, "d"))
             os.replace(tmp, directory)
             shutil.rmtree(old, ignore_errors=True)
@@ -169,6 +170,19 @@ def replace_directory(build: Callable[[str], None], directory: str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _sibling(directory: str, kind: str) -> str:
+    """A new empty directory beside ``directory``. ``os.mkdir`` (not ``tempfile.mkdtemp``,
+    whose 0700 would become the saved directory's mode) applies the user's umask."""
+    parent, name = os.path.split(directory)
+    while True:
+        path = os.path.join(parent, f".{name}.{kind}-{uuid.uuid4().hex[:12]}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:  # (a 48-bit name taken: try another)
+            continue
 
 
 def read(path: str, reader: Callable[[str], Any], what: str) -> Any:
@@ -199,11 +213,23 @@ def read_json(path: str, what: str) -> Any:
 # Posterior.save / Posterior.load (the netCDF engine is the ArviZ adapter's choice)
 
 
+SAVED_FILES = ("meta.json", "posterior.nc", "unconstrained.eqx")
+
+
 def save_posterior(post: Any, directory: str) -> None:
     import equinox as eqx
 
     from ._netcdf import to_netcdf
 
+    # the directory is replaced whole: only an empty one or an earlier save may be overwritten
+    others = sorted(set(os.listdir(directory)) - set(SAVED_FILES)) if os.path.isdir(directory) else []
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise FileExistsError(
+            f"Posterior.save: {directory} holds files that Posterior.save did not write ({listed}); "
+            "save replaces the whole directory, so it writes only into a new or empty directory or "
+            "over an earlier save. Pick another directory."
+        )
     idata = post.to_inference_data()
 
     def build(tmp):
@@ -234,6 +260,10 @@ def load_posterior(cls: type, directory: str, model: PyTree, static: PyTree, lik
     stats = {k: np.asarray(v) for k, v in stats.data_vars.items()} if stats is not None else {}
     loglik = {k: np.asarray(v) for k, v in loglik.data_vars.items()} if loglik is not None else None
     out = cls(model, static, samples, stats, log_likelihood_values=loglik)
-    coords, dims = _arviz.coords_and_dims(idata)
+    coords, dims = {}, {}
+    for name in ("posterior", "log_likelihood"):  # the labels of both groups rb.sample was given
+        c, d = _arviz.coords_and_dims(idata, name)
+        coords.update(c)
+        dims.update(d)
     out.coords, out.dims = coords or None, dims or None
     return out

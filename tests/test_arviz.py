@@ -21,6 +21,7 @@ and is compared against by every Python/ArviZ combination that runs this file. I
 
 import json
 import os
+import stat
 import sys
 
 import jax
@@ -210,6 +211,7 @@ def test_coords_and_dims_as_in_from_numpyro(tmp_path):
     post.save(tmp_path / "run")
     loaded = rb.Posterior.load(tmp_path / "run", m)
     assert rbaz.group(loaded.to_inference_data(), "posterior")["theta"].dims == ("chain", "draw", "arm")
+    assert rbaz.group(loaded.to_inference_data(), "log_likelihood")["obs"].dims == ("chain", "draw", "obs_id")
     assert rbaz.attrs(rbaz.from_netcdf(tmp_path / "run" / "posterior.nc"))["inference_library"] == "numpyro"
     # bad input names the variable and what is wrong
     with pytest.raises(ValueError, match="no variable 'thetta'"):
@@ -218,6 +220,25 @@ def test_coords_and_dims_as_in_from_numpyro(tmp_path):
         post.to_inference_data(coords={"arm": ["a", "b", "c"]})
     with pytest.raises(ValueError, match="names 2 dimensions"):
         post.to_inference_data(dims={"mu": ["a", "b"]})
+
+
+def test_save_never_deletes_files_it_did_not_write(tmp_path, nuts_post):
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "other_run.csv").write_text("important")
+    with pytest.raises(FileExistsError, match="other_run.csv"):
+        nuts_post.save(target)
+    assert sorted(os.listdir(target)) == ["other_run.csv"]  # untouched, and nothing half-written beside it
+    assert sorted(os.listdir(tmp_path)) == ["results"]
+    # a new directory, then the same one again (an earlier save is replaced), with the user's umask
+    fresh = tmp_path / "run"
+    nuts_post.save(fresh)
+    nuts_post.save(fresh)
+    assert sorted(os.listdir(fresh)) == ["meta.json", "posterior.nc", "unconstrained.eqx"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o777 & ~umask
+    assert sorted(os.listdir(tmp_path)) == ["results", "run"]
 
 
 def test_every_plot_writes_a_png(tmp_path, nuts_post):
