@@ -11,6 +11,7 @@ from jaxtyping import PyTree
 
 from . import _checks
 from ._density import check_bijective, gather, partition
+from ._naming import check_names
 from ._paths import leaves_with_paths
 from ._tree import unwrap
 
@@ -32,6 +33,7 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
         e.add_note(f"{what}: raised by log_joint(unwrap(model), *args) while checking its output shape.")
         raise
     _checks.check_density_output(out, what)
+    check_names(model, what)
     _checks.warn_unwrapped_free(model, what)
     return params, static
 

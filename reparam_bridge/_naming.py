@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
+from ._arviz import SAMPLE_DIMS
 from ._paths import path_to_str
 from ._tree import free_filter, is_node, top_level
 
@@ -40,13 +41,42 @@ def draws_to_dict(model: PyTree, draws: PyTree) -> dict[str, np.ndarray]:
     variable per leaf: ``"pair.a"``, ``"pair.b"`` (just ``"a"``, ``"b"`` when that wrapper is
     the whole model; a single array at the root is ``"value"``).
     """
+    return {key: np.asarray(leaf) for key, leaf in _named_leaves(model, draws)}
+
+
+def check_names(model: PyTree, what: str) -> None:
+    """Before sampling: every variable of ``model`` gets a name of its own that ArviZ keeps
+    (two parameters with one dotted path, or one named ``chain``/``draw``, would be lost)."""
+    import equinox as eqx
+
+    from ._tree import unwrap
+
+    try:
+        names = [key for key, _ in _named_leaves(model, eqx.filter_eval_shape(unwrap, model))]
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    reserved = sorted(set(names) & set(SAMPLE_DIMS))
+    if reserved:
+        raise ValueError(
+            f"{what}: a parameter is named {reserved[0]!r}, a dimension of ArviZ's draws, so it would be "
+            f"lost from the posterior: rename it (e.g. '{reserved[0]}_')."
+        )
+
+
+def _named_leaves(model: PyTree, values: PyTree):
+    """``(dotted path, leaf)`` of each numeric leaf of the values of the random nodes."""
     _, treedef = top_level(model)
-    values = treedef.flatten_up_to(draws)
+    values = treedef.flatten_up_to(values)
     root_is_node = is_node(model)  # a wrapper at the root: its value's own paths name it
-    out: dict[str, np.ndarray] = {}
+    seen = set()
     for name, i in random_nodes(model):
         for path, leaf in jax.tree_util.tree_flatten_with_path(values[i])[0]:
-            if hasattr(leaf, "shape") and np.issubdtype(np.asarray(leaf).dtype, np.number):
+            if hasattr(leaf, "shape") and np.issubdtype(np.dtype(leaf.dtype), np.number):
                 key = name if not path else path_to_str(path) if root_is_node else f"{name}.{path_to_str(path)}"
-                out[key] = np.asarray(leaf)
-    return out
+                if key in seen:  # e.g. a key "a.b" beside a nested a -> b: one would replace the other
+                    raise ValueError(
+                        f"two parameters of the model are both named '{key}' (variables are named by "
+                        "their dotted attribute path): rename one of them."
+                    )
+                seen.add(key)
+                yield key, leaf

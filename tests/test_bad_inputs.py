@@ -108,6 +108,19 @@ case("sample-unknown-kernel-kwarg", TypeError, "target_accept")(lambda: sample(t
 # model mistakes under rb.sample
 
 
+# names ArviZ would lose: a dimension's name, two parameters with one dotted path
+case("sample-parameter-named-chain", ValueError, "'chain'", "rename")(
+    lambda: sample({"chain": rb.Real(0.0)}, lambda m: -(m["chain"] ** 2))
+)
+case("sample-parameter-named-draw", ValueError, "'draw'", "rename")(
+    lambda: sample({"draw": rb.Real(jnp.zeros(3))}, lambda m: -jnp.sum(m["draw"] ** 2))
+)
+case("sample-two-parameters-one-name", ValueError, "'a.b'", "rename")(
+    lambda: sample({"a.b": rb.Real(0.0), "a": {"b": rb.Real(5.0)}}, lambda m: -(m["a.b"] ** 2) - m["a"]["b"] ** 2)
+)
+case("arviz-variable-named-chain", ValueError, "'chain'", "posterior")(
+    lambda: rb.arviz.to_inference_data({"chain": np.zeros((1, 5))})
+)
 case("sample-log_joint-not-callable", TypeError, "log_joint")(lambda: sample(log_joint="lj"))
 case("sample-log_joint-None", TypeError, "log_joint")(lambda: sample(log_joint=None))
 case("sample-log_joint-returns-int", TypeError, "log_joint", "int")(lambda: sample(log_joint=lambda m: 1))
