@@ -19,7 +19,7 @@ from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
 from ._tree import unwrap
 from ._trust import check_draws
-from ._util import NegLogDensity, tree_depth
+from ._util import NegLogDensity, max_tree_depth, to_sample_stats
 
 HMC_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
@@ -42,25 +42,6 @@ def extra_fields_for(mcmc: MCMC) -> tuple[str, ...]:
     # The HMC family (NUTS included) has the fields ArviZ's sample_stats need; other kernels
     # (BarkerMH, ...) have other states, so nothing extra is collected for them.
     return HMC_FIELDS if isinstance(mcmc.sampler, HMC) else ()
-
-
-def to_sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[str, np.ndarray]:
-    if "num_steps" not in extra:
-        return {}
-    n_steps = np.asarray(extra["num_steps"])
-    out = {
-        "diverging": np.asarray(extra["diverging"], dtype=bool),
-        "n_steps": n_steps,
-        "tree_depth": tree_depth(n_steps),
-        "energy": np.asarray(extra["energy"]),
-        "lp": -np.asarray(extra["potential_energy"]),
-        "acceptance_rate": np.asarray(extra["accept_prob"]),
-        "step_size": np.asarray(extra["adapt_state.step_size"]),
-    }
-    if max_tree_depth is not None:  # NUTS: (warmup, sampling) depths or one for both
-        depth = max_tree_depth[-1] if isinstance(max_tree_depth, tuple) else max_tree_depth
-        out["reached_max_treedepth"] = out["tree_depth"] >= int(depth)
-    return out
 
 
 def unwrap_draws(static: PyTree, samples: PyTree) -> PyTree:
@@ -138,7 +119,7 @@ class Posterior:
             model,
             static,
             samples,
-            to_sample_stats(extras),
+            to_sample_stats(extras, getattr(mcmc.sampler, "_max_tree_depth", None)),
             mcmc=mcmc,
             log_joint=log_joint,
             args=args,
@@ -316,7 +297,9 @@ class Posterior:
             mcmc, self._last_state, num_samples, every, writer, extra_fields_for(mcmc), fresh=fresh
         )
         samples, extras = _checkpoint.concat(samples, extras)
-        return self._append(samples, to_sample_stats(extras), mcmc, state)
+        return self._append(
+            samples, to_sample_stats(extras, getattr(mcmc.sampler, "_max_tree_depth", None)), mcmc, state
+        )
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``posterior.nc`` (ArviZ netCDF), ``unconstrained.eqx`` (equinox serialisation
@@ -340,17 +323,19 @@ class Posterior:
             return _persist.load_posterior(cls, os.fspath(directory), model, static, like)
         got = _checkpoint.load(directory, model, like)
         lj, args, ll = got.target if got.target is not None else (None, (), None)
+        cfg = got.config or {}
+        depth = max_tree_depth(kernel_class(cfg["kernel"]), cfg["kernel_kwargs"]) if cfg else None
         post = cls(
             model,
             static,
             got.samples,
-            to_sample_stats(got.extras) if got.extras else {},
+            to_sample_stats(got.extras, depth) if got.extras else {},
             log_joint=lj,
             args=args,
             log_likelihood=ll,
         )
         post._last_state, post._writer, post._config = got.state, got.writer, got.config
-        post._quick_compile = bool((got.config or {}).get("quick_compile", False))
+        post._quick_compile = bool(cfg.get("quick_compile", False))
         return post
 
     def __repr__(self) -> str:

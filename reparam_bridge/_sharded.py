@@ -47,7 +47,6 @@ the chains from the last states it returns. The two recipes, which run unchanged
 """
 
 import hashlib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +63,7 @@ from . import _effort
 from ._caches import Cache
 from ._mesh import CHAINS, chain_layout, gather, to_global
 from ._progress import LoopProgress
+from ._util import max_tree_depth, to_sample_stats
 
 
 def sample_sharded(
@@ -96,7 +96,7 @@ def sample_sharded(
 
     ``state``: the kernel's last state of an earlier run (chain axis first; ``num_warmup=0``):
     :meth:`Posterior.resume` continues those chains (see :func:`resume`)."""
-    from ._posterior import HMC_FIELDS, Posterior, to_sample_stats
+    from ._posterior import HMC_FIELDS, Posterior
 
     num_chains = jax.tree_util.tree_leaves(init_params)[0].shape[0]
     if thinning < 1:
@@ -135,9 +135,7 @@ def sample_sharded(
         draws, last = _compiled_run((*config, every))(keys, init, dynamic, state)
         out = jax.tree_util.tree_map(np.asarray, draws) if sequential else gather(draws)  # (this process's)
     samples = jax.tree_util.tree_map(jnp.asarray, out.pop("z"))
-    depth = inspect.signature(kernel).parameters.get("max_tree_depth")  # NUTS's, as MCMC reports it
-    depth = kernel_kwargs.get("max_tree_depth", depth.default) if depth is not None else None
-    stats = to_sample_stats(out, depth) if fields else {}
+    stats = to_sample_stats(out, max_tree_depth(kernel, kernel_kwargs)) if fields else {}
     post = Posterior(
         model, static, samples, stats, mcmc=None, log_joint=log_joint, args=args, log_likelihood=log_likelihood
     )

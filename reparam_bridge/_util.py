@@ -1,5 +1,6 @@
 """Small helpers shared by the fitting, Laplace, geometry and sampler-adapter modules."""
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -105,6 +106,40 @@ def tree_depth(n_steps: ArrayLike) -> np.ndarray:
         [1, 2, 3, 4]
     """
     return (np.floor(np.log2(np.maximum(np.asarray(n_steps), 1))) + 1).astype(np.int64)
+
+
+def to_sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict[str, np.ndarray]:
+    """ArviZ's ``sample_stats`` (as ``az.from_numpyro`` names them) from NumPyro's HMC extra fields;
+    ``reached_max_treedepth`` where ``max_tree_depth`` (NUTS's) is known."""
+    if "num_steps" not in extra:
+        return {}
+    n_steps = np.asarray(extra["num_steps"])
+    out = {
+        "diverging": np.asarray(extra["diverging"], dtype=bool),
+        "n_steps": n_steps,
+        "tree_depth": tree_depth(n_steps),
+        "energy": np.asarray(extra["energy"]),
+        "lp": -np.asarray(extra["potential_energy"]),
+        "acceptance_rate": np.asarray(extra["accept_prob"]),
+        "step_size": np.asarray(extra["adapt_state.step_size"]),
+    }
+    if max_tree_depth is not None:  # NUTS: (warmup, sampling) depths or one for both
+        depth = max_tree_depth[-1] if isinstance(max_tree_depth, tuple) else max_tree_depth
+        out["reached_max_treedepth"] = out["tree_depth"] >= int(depth)
+    return out
+
+
+def max_tree_depth(kernel: type, kernel_kwargs: dict) -> Any:
+    """A kernel's ``max_tree_depth`` as ``MCMC`` reports it (``None`` for kernels without one):
+    the option given, else the class's default (NUTS: 10).
+
+    Example:
+        >>> from numpyro.infer import HMC, NUTS
+        >>> max_tree_depth(NUTS, {}), max_tree_depth(NUTS, {"max_tree_depth": 6}), max_tree_depth(HMC, {})
+        (10, 6, None)
+    """
+    default = inspect.signature(kernel).parameters.get("max_tree_depth")
+    return None if default is None else kernel_kwargs.get("max_tree_depth", default.default)
 
 
 def to_numpy(x: Array) -> np.ndarray:

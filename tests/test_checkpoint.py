@@ -104,7 +104,9 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, monk
         np.testing.assert_array_equal(np.asarray(loaded.draws[name]), ref[:, :done])
         # ...and the resumed run continues the same chains: nothing duplicated or skipped
         np.testing.assert_array_equal(np.asarray(resumed.draws[name]), ref)
-    for stat in ("diverging", "n_steps", "step_size", "lp"):
+    # the same sample_stats as an uninterrupted run (reached_max_treedepth included), loaded and resumed
+    assert set(loaded.sample_stats) == set(resumed.sample_stats) == set(reference.sample_stats)
+    for stat in ("diverging", "n_steps", "step_size", "lp", "reached_max_treedepth"):
         np.testing.assert_array_equal(resumed.sample_stats[stat], reference.sample_stats[stat])
     # every draw is distinct (a duplicated chunk would repeat whole rows)
     mu = np.asarray(resumed.draws["z"])[..., 0]
@@ -120,3 +122,19 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, monk
     wrong = {"mu": rb.Positive(1.0), "sigma": rb.Positive(1.0), "z": rb.Real(np.zeros(2, np.float32))}
     with pytest.raises(ValueError, match="'mu.unconstrained' is inside a Real"):
         rb.Posterior.load(directory, wrong)
+
+
+def test_a_checkpointed_run_has_the_same_sample_stats(tmp_path, monkeypatch):
+    (tmp_path / "ckpt_model.py").write_text(textwrap.dedent(MODEL))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ckpt_model as cm
+
+    kw = dict(key=jax.random.key(1), num_warmup=20, num_samples=10, num_chains=2, progress_bar=False)
+    kw.update(chain_method="vectorized", max_tree_depth=3)
+    plain = rb.sample(cm.model(), cm.log_joint, cm.Y, **kw)
+    saved = rb.sample(cm.model(), cm.log_joint, cm.Y, checkpoint=str(tmp_path / "run"), checkpoint_every=5, **kw)
+    assert "reached_max_treedepth" in plain.sample_stats
+    assert set(saved.sample_stats) == set(plain.sample_stats)
+    np.testing.assert_array_equal(
+        saved.sample_stats["reached_max_treedepth"], plain.sample_stats["reached_max_treedepth"]
+    )
