@@ -485,6 +485,27 @@ def test_constrained_simplex_log_density_is_the_simplexs():
     assert float(log_p(rb.Constrained.from_unconstrained(u, C.simplex, prior=prior))) == float(expected)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_far_values_of_elementwise_maps_are_accepted_and_kept(dtype, request):
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    # exp(log v) is off by about |log v| / 2 ulps (1e-100 in float64: 50), the rounding of the
+    # stored log carried through exp: such values were refused as "not representable", and a
+    # float64 user was told to use float64
+    exponents = np.linspace(-300, 300, 601) if dtype == "float64" else np.linspace(-37, 38, 301)
+    for e in exponents:
+        v = np.asarray(10.0**e, dtype)
+        for wrapper in (rb.Positive(v), rb.Bounded(v, lower=0.0)):
+            got = np.asarray(rb.unwrap(wrapper))
+            assert got.dtype == np.dtype(dtype)
+            ulps = abs(float(got) - float(v)) / (np.finfo(dtype).eps * float(v))
+            assert ulps <= 1 + abs(float(np.log(v))), (wrapper, v, got, ulps)
+    if dtype == "float64":  # a simplex entry of 1e-100 is still refused, without advice to use float64
+        with pytest.raises(ValueError, match="not representable") as info:
+            rb.Simplex(jnp.array([0.5, 0.5 - 1e-100, 1e-100], dtype))
+        assert "Use float64" not in str(info.value)
+
+
 def test_constrained_refuses_jax_array_bounds_in_its_static_constraint():
     import jax.numpy as jnp
     import pytest

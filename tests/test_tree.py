@@ -234,3 +234,34 @@ def test_constructor_checks_hold_under_jit_and_vmap():
     np.testing.assert_allclose(locscale(2.0), 1.0, rtol=1e-6)
     with pytest.raises(Exception, match="LocScale: value, loc and scale must be finite and scale positive"):
         jax.block_until_ready(locscale(-1.0))
+
+
+def test_constructor_checks_under_jit_are_the_eager_ones():
+    # every check a constructor makes on a concrete value is made on a traced one: shapes at
+    # trace time (with the eager message), values by eqx.error_if when the program runs
+    from numpyro.distributions import constraints
+
+    def under_jit(build, value):
+        return jax.block_until_ready(jax.jit(lambda v: rb.unwrap(build(v)))(value))
+
+    shape_cases = [  # (build, value, message): refused while tracing
+        (rb.Simplex, jnp.array([1.0]), "Simplex: the last axis needs at least 2 entries"),
+        (lambda v: rb.Bounded(v, lower=jnp.zeros(3)), 1.0, "Bounded: lower has shape"),
+        (rb.CorrMatrix, jnp.ones((2, 3)), "CorrMatrix: value must be square"),
+    ]
+    value_cases = [  # refused when the compiled function runs
+        (rb.Simplex, jnp.array([0.5, 0.5, 0.0]), "Simplex: value must be finite and strictly inside"),
+        (rb.Simplex, jnp.array([0.2, 0.3, 0.4]), "Simplex: value must be finite and strictly inside"),
+        (lambda v: rb.Constrained(v, constraints.simplex), jnp.array([0.5, 0.5, 0.0]), "Constrained: value must"),
+        (
+            lambda v: {"m": rb.Real(0.0), "t": rb.LocScale(v, rb.Ref("m"), 1.0)},
+            jnp.nan,
+            "LocScale: value must be finite",
+        ),
+    ]
+    for build, value, message in shape_cases + value_cases:
+        with pytest.raises(Exception):  # eagerly too
+            build(value)
+        with pytest.raises(Exception, match=message):
+            under_jit(build, value)
+    np.testing.assert_allclose(under_jit(rb.Simplex, jnp.array([0.2, 0.3, 0.5])), [0.2, 0.3, 0.5], rtol=1e-6)

@@ -190,7 +190,9 @@ class LocScale(Bijector):
                     f"m.<path>, centered={c}), or pass the free array with "
                     "LocScale.from_unconstrained(x_tilde, loc, scale, centered=...)."
                 )
-            if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
+            if is_traced(x):
+                x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), "LocScale: value must be finite.")
+            elif not bool(jnp.all(jnp.isfinite(x))):
                 raise ValueError(f"LocScale: value must be finite, got {np.asarray(x)}.")
             self.unconstrained = x
         else:

@@ -14,10 +14,10 @@ from .named import NamedBijector, diagonal_scale, row_norm_scale
 class _SquareMatrixBijector(NamedBijector):
     event_ndim: ClassVar[int] = 2
 
-    def _check_value(self, value: Array) -> None:
-        super()._check_value(value)
-        if value.shape[-1] != value.shape[-2]:
-            raise ValueError(f"{type(self).__name__}: value must be square (..., d, d), got shape {value.shape}.")
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        super()._check_shape(shape)
+        if shape[-1] != shape[-2]:
+            raise ValueError(f"{type(self).__name__}: value must be square (..., d, d), got shape {shape}.")
 
     def _value_scale(self, value: Array) -> Array:  # Cholesky factors override it by row norm
         return diagonal_scale(value)

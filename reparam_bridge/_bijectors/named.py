@@ -93,14 +93,15 @@ class NamedBijector(Bijector):
                 f"build this one with {name}.from_unconstrained(...)."
             )
         inner = _tree.inner(self)  # wrapped bounds -> their values
+        self._check_shape(value.shape)  # shapes are static: checked now, traced or not
+        for key, val in config.items():  # constant bounds must not grow the parameter
+            if isinstance(val, NonTrainable) and eqx.is_array(val.tree):
+                check_bound_shape(name, key, val.tree, value.shape)
         if is_traced(value, inner):
-            if value.ndim < self.event_ndim:
-                raise ValueError(
-                    f"{name}: value needs at least {self.event_ndim} dimension(s), got shape {value.shape}."
-                )
             support = inner.support()
             unconstrained = inner.transform().inv(value)
             ok = jnp.all(jnp.isfinite(value)) & jnp.all(support(value)) & jnp.all(jnp.isfinite(unconstrained))
+            ok = ok & self._inside(value)
             unconstrained = eqx.error_if(
                 unconstrained,
                 ~ok,
@@ -111,9 +112,6 @@ class NamedBijector(Bijector):
                 check_prior(name, prior, support, value.shape)
             return
         self._check_value(value)
-        for key, val in config.items():  # constant bounds must not grow the parameter
-            if isinstance(val, NonTrainable) and eqx.is_array(val.tree):
-                check_bound_shape(name, key, val.tree, value.shape)
         support = inner.support()
         if not bool(jnp.all(support(value))):
             raise ValueError(f"{name}: value lies outside the support {support_text(support)}: {np.asarray(value)}.")
@@ -125,7 +123,7 @@ class NamedBijector(Bijector):
             )
         event_size = int(np.prod(value.shape[value.ndim - self.event_ndim :]))
         recovered = inner.transform()(unconstrained)
-        check_round_trip(name, value, recovered, self._value_scale(value), event_size)
+        check_round_trip(name, value, recovered, self._value_scale(value), event_size, unconstrained)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
             check_prior(name, prior, support, value.shape)
@@ -136,12 +134,22 @@ class NamedBijector(Bijector):
         matrices) override it."""
         return jnp.abs(value)
 
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        """Checks of the value's shape alone, made also when the value is traced."""
+        if len(shape) < self.event_ndim:
+            raise ValueError(
+                f"{type(self).__name__}: value needs at least {self.event_ndim} dimension(s), got shape {shape}."
+            )
+
     def _check_value(self, value: Array) -> None:
-        name = type(self).__name__
-        if value.ndim < self.event_ndim:
-            raise ValueError(f"{name}: value needs at least {self.event_ndim} dimension(s), got shape {value.shape}.")
+        """Checks of a concrete value (its shape is checked already), each with its own message."""
         if not bool(jnp.all(jnp.isfinite(value))):
-            raise ValueError(f"{name}: value must be finite, got {np.asarray(value)}.")
+            raise ValueError(f"{type(self).__name__}: value must be finite, got {np.asarray(value)}.")
+
+    def _inside(self, value: Array) -> Array | bool:
+        """What ``_check_value`` requires beyond the support, as one traced boolean (``eqx.error_if``
+        under ``jit``/``vmap``)."""
+        return True
 
     @classmethod
     def from_unconstrained(cls, unconstrained: ArrayLike, *, prior: Distribution | None = None, **config: Any) -> Self:
@@ -336,6 +344,9 @@ class Constrained(NamedBijector):
         super()._check_value(value)
         if isinstance(self.constraint, constraints._Simplex):
             check_open_simplex("Constrained", value)
+
+    def _inside(self, value: Array) -> Array | bool:
+        return jnp.all(value > 0) if isinstance(self.constraint, constraints._Simplex) else True
 
     def transform(self) -> T.Transform:
         # The registry's map: where a named bijector has its own map (for the log-Jacobian

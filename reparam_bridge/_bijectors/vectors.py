@@ -2,6 +2,7 @@
 
 from typing import ClassVar
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
@@ -28,10 +29,17 @@ class Simplex(NamedBijector):
     def __init__(self, value: ArrayLike, *, prior: Distribution | None = None):
         self._init_from_value(value, prior)
 
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        super()._check_shape(shape)
+        if shape[-1] < 2:
+            raise ValueError(f"Simplex: the last axis needs at least 2 entries, got shape {shape}.")
+
+    def _inside(self, value: Array) -> Array:  # open, and summing to 1, as _check_value says
+        tol = round_trip_tolerance(value.dtype, value.shape[-1])
+        return jnp.all(value > 0) & jnp.all(jnp.abs(jnp.sum(value, axis=-1) - 1) <= tol)
+
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)
-        if value.shape[-1] < 2:
-            raise ValueError(f"Simplex: the last axis needs at least 2 entries, got shape {value.shape}.")
         check_open_simplex("Simplex", value)
         # the map normalises by the sum, so a sum off by more than the round-trip tolerance
         # would change the value: refuse it with the fix rather than as "not representable"
