@@ -38,6 +38,31 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
     return params, static
 
 
+def check_log_likelihood(fn: Callable | None, params: PyTree, static: PyTree, args: tuple, what: str) -> None:
+    """``log_likelihood`` (if given) is a function returning pointwise values: a float array with
+    one entry per observation, or a dict of them (a summed scalar would make ``az.loo`` see one
+    observation)."""
+    if fn is None:
+        return
+    _checks.check_callable("log_likelihood", fn, what)
+    try:
+        out = eqx.filter_eval_shape(lambda p: fn(unwrap(eqx.combine(p, static)), *args), params)
+    except Exception as e:
+        e.add_note(f"{what}: raised by log_likelihood(unwrap(model), *args) while checking its output shape.")
+        raise
+    for name, leaf in out.items() if isinstance(out, dict) else [("obs", out)]:
+        if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)):
+            raise TypeError(
+                f"{what}: log_likelihood must return a float array of pointwise log-likelihoods (or a dict "
+                f"of them); '{name}' is {getattr(leaf, 'dtype', type(leaf).__name__)}."
+            )
+        if leaf.ndim == 0:
+            raise ValueError(
+                f"{what}: log_likelihood returned one number for '{name}'; return one log-likelihood per "
+                "observation (do not sum them): az.loo and az.waic need them pointwise."
+            )
+
+
 def diagnose_nonfinite(model: PyTree, log_joint: Callable, args: tuple) -> str | None:
     """Say which parameter makes the log-density at ``model`` non-finite (``None`` if finite)."""
     bijectors = gather(model).bijectors

@@ -16,7 +16,7 @@ from numpyro.infer.ensemble import EnsembleSampler
 
 from . import _checkpoint, _checks, _effort, _warmstart
 from ._density import partition
-from ._diagnose import check_model, diagnose_nonfinite
+from ._diagnose import check_log_likelihood, check_model, diagnose_nonfinite
 from ._mesh import args_are_sharded, auto_axes
 from ._paths import leaves_with_paths
 from ._posterior import Posterior, extra_fields_for, kernel_class
@@ -158,6 +158,7 @@ def sample(
             f"chain_method='vectorized' (or None), not {chain_method!r}."
         )
     params, static = check_model(model, log_joint, args, "rb.sample")
+    check_log_likelihood(log_likelihood, params, static, args, "rb.sample")
 
     init_key, run_key = jax.random.split(key)
     if _warmstart.is_seed(init):  # an rb.laplace/rb.pathfinder/ensemble result: starts, metric, warmup

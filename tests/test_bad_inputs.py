@@ -118,6 +118,13 @@ case("sample-parameter-named-draw", ValueError, "'draw'", "rename")(
 case("sample-two-parameters-one-name", ValueError, "'a.b'", "rename")(
     lambda: sample({"a.b": rb.Real(0.0), "a": {"b": rb.Real(5.0)}}, lambda m: -(m["a.b"] ** 2) - m["a"]["b"] ** 2)
 )
+case("sample-log_likelihood-not-callable", TypeError, "log_likelihood")(lambda: sample(log_likelihood=3))
+case("sample-log_likelihood-summed", ValueError, "log_likelihood", "per observation")(
+    lambda: sample(log_likelihood=lambda m: dist.Normal(m["mu"], 1.0).log_prob(jnp.zeros(4)).sum())
+)
+case("sample-log_likelihood-string", TypeError, "log_likelihood", "float")(
+    lambda: sample(log_likelihood=lambda m: {"obs": "x"})
+)
 case("arviz-variable-named-chain", ValueError, "'chain'", "posterior")(
     lambda: rb.arviz.to_inference_data({"chain": np.zeros((1, 5))})
 )
