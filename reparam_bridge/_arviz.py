@@ -134,11 +134,11 @@ def to_inference_data(
     }
     groups = {k: {n: np.asarray(v) for n, v in g.items()} for k, g in groups.items() if g}
     for group_name, variables in groups.items():  # ArviZ drops them silently (a coordinate wins)
-        reserved = sorted(set(variables) & set(SAMPLE_DIMS))
+        reserved = sorted(set(variables) & set(SAMPLE_DIMS)) if group_name != "observed_data" else []
         if reserved:
             raise ValueError(
                 f"a variable of the {group_name} group is named {reserved[0]!r}, which ArviZ uses for a "
-                f"dimension: it would be lost. Rename that parameter (e.g. '{reserved[0]}_')."
+                f"dimension: it would be lost. Rename it (e.g. '{reserved[0]}_')."
             )
     dims = _checked_dims(groups, coords, dims)
     meta = {**provenance(inference_library), **(attrs or {})}

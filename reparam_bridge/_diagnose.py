@@ -27,13 +27,22 @@ def check_model(model: PyTree, log_joint: Callable, args: tuple, what: str) -> t
             f"{what}: the model has no free arrays to sample (every array is frozen, static or "
             "not a float). Wrap parameters in rb.Real/rb.Positive/... or use float arrays."
         )
+    values = []  # the unwrapped model's shapes, for its variables' names (no second trace)
+
+    def density(p):
+        m = unwrap(eqx.combine(p, static))
+        values.append(
+            jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if eqx.is_array(x) else x, m)
+        )
+        return log_joint(m, *args)
+
     try:
-        out = jax.eval_shape(lambda p: log_joint(unwrap(eqx.combine(p, static)), *args), params)
+        out = jax.eval_shape(density, params)
     except Exception as e:
         e.add_note(f"{what}: raised by log_joint(unwrap(model), *args) while checking its output shape.")
         raise
     _checks.check_density_output(out, what)
-    check_names(model, what)
+    check_names(model, values[0], what)
     _checks.warn_unwrapped_free(model, what)
     return params, static
 
@@ -51,15 +60,18 @@ def check_log_likelihood(fn: Callable | None, params: PyTree, static: PyTree, ar
         e.add_note(f"{what}: raised by log_likelihood(unwrap(model), *args) while checking its output shape.")
         raise
     for name, leaf in out.items() if isinstance(out, dict) else [("obs", out)]:
-        if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)):
+        shaped = hasattr(leaf, "shape") and hasattr(leaf, "dtype")  # (an array's shape and dtype)
+        if not (shaped and jnp.issubdtype(leaf.dtype, jnp.floating)):
+            got = f"an array of {leaf.dtype}" if shaped else f"a Python {type(leaf).__name__}"
             raise TypeError(
                 f"{what}: log_likelihood must return a float array of pointwise log-likelihoods (or a dict "
-                f"of them); '{name}' is {getattr(leaf, 'dtype', type(leaf).__name__)}."
+                f"of them); '{name}' is {got}."
             )
         if leaf.ndim == 0:
             raise ValueError(
                 f"{what}: log_likelihood returned one number for '{name}'; return one log-likelihood per "
-                "observation (do not sum them): az.loo and az.waic need them pointwise."
+                "observation (do not sum them; a single observation as shape (1,)): az.loo and az.waic "
+                "need them pointwise."
             )
 
 

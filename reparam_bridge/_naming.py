@@ -44,15 +44,12 @@ def draws_to_dict(model: PyTree, draws: PyTree) -> dict[str, np.ndarray]:
     return {key: np.asarray(leaf) for key, leaf in _named_leaves(model, draws)}
 
 
-def check_names(model: PyTree, what: str) -> None:
-    """Before sampling: every variable of ``model`` gets a name of its own that ArviZ keeps
-    (two parameters with one dotted path, or one named ``chain``/``draw``, would be lost)."""
-    import equinox as eqx
-
-    from ._tree import unwrap
-
+def check_names(model: PyTree, values: PyTree, what: str) -> None:
+    """Before sampling: every variable of ``model`` (``values``: its unwrapped values, or their
+    shapes) gets a name of its own that ArviZ keeps (two parameters with one dotted path, or one
+    named ``chain``/``draw``, would be lost)."""
     try:
-        names = [key for key, _ in _named_leaves(model, eqx.filter_eval_shape(unwrap, model))]
+        names = [key for key, _ in _named_leaves(model, values)]
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
     reserved = sorted(set(names) & set(SAMPLE_DIMS))

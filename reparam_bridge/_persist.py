@@ -221,7 +221,14 @@ def save_posterior(post: Any, directory: str) -> None:
 
     from ._netcdf import to_netcdf
 
-    # the directory is replaced whole: only an empty one or an earlier save may be overwritten
+    # the directory is replaced whole: only an empty one or an earlier save may be overwritten,
+    # and never the working directory or one above it (the process would be left in a deleted one)
+    here = os.path.abspath(directory)
+    if os.path.isdir(here) and os.path.commonpath([here, os.getcwd()]) == here:
+        raise ValueError(
+            f"Posterior.save: {directory!r} is the working directory or holds it, and save replaces the "
+            "whole directory it writes; save into a subdirectory (post.save('run'))."
+        )
     others = sorted(set(os.listdir(directory)) - set(SAVED_FILES)) if os.path.isdir(directory) else []
     if others:
         listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")

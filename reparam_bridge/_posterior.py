@@ -19,7 +19,7 @@ from ._naming import draws_to_dict
 from ._paths import leaves_with_paths
 from ._tree import unwrap
 from ._trust import check_draws
-from ._util import NegLogDensity, max_tree_depth, to_sample_stats
+from ._util import NegLogDensity, max_tree_depth, sampler_max_tree_depth, to_sample_stats
 
 HMC_FIELDS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 
@@ -102,9 +102,7 @@ class Posterior:
     @classmethod
     def _from_mcmc(cls, model, static, mcmc, log_joint, args, log_likelihood):
         samples = mcmc.get_samples(group_by_chain=True)
-        stats = to_sample_stats(
-            mcmc.get_extra_fields(group_by_chain=True), getattr(mcmc.sampler, "_max_tree_depth", None)
-        )
+        stats = to_sample_stats(mcmc.get_extra_fields(group_by_chain=True), sampler_max_tree_depth(mcmc.sampler))
         post = cls(
             model, static, samples, stats, mcmc=mcmc, log_joint=log_joint, args=args, log_likelihood=log_likelihood
         )
@@ -119,7 +117,7 @@ class Posterior:
             model,
             static,
             samples,
-            to_sample_stats(extras, getattr(mcmc.sampler, "_max_tree_depth", None)),
+            to_sample_stats(extras, sampler_max_tree_depth(mcmc.sampler)),
             mcmc=mcmc,
             log_joint=log_joint,
             args=args,
@@ -297,9 +295,7 @@ class Posterior:
             mcmc, self._last_state, num_samples, every, writer, extra_fields_for(mcmc), fresh=fresh
         )
         samples, extras = _checkpoint.concat(samples, extras)
-        return self._append(
-            samples, to_sample_stats(extras, getattr(mcmc.sampler, "_max_tree_depth", None)), mcmc, state
-        )
+        return self._append(samples, to_sample_stats(extras, sampler_max_tree_depth(mcmc.sampler)), mcmc, state)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``posterior.nc`` (ArviZ netCDF), ``unconstrained.eqx`` (equinox serialisation

@@ -142,6 +142,12 @@ def max_tree_depth(kernel: type, kernel_kwargs: dict) -> Any:
     return None if default is None else kernel_kwargs.get("max_tree_depth", default.default)
 
 
+def sampler_max_tree_depth(sampler: Any) -> Any:
+    """:func:`max_tree_depth` of a kernel instance (the value it was built with): NumPyro's
+    ``HMC`` also carries a ``_max_tree_depth``, but builds no tree, so it gets ``None`` here."""
+    return getattr(sampler, "_max_tree_depth", None) if max_tree_depth(type(sampler), {}) is not None else None
+
+
 def to_numpy(x: Array) -> np.ndarray:
     """``x`` as a NumPy array: ``np.asarray``, since ``jax.device_get`` costs ~55 us more a call
     (measured warm, one small array; the fit loop's read of its result was 77 us against 8.5).

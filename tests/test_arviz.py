@@ -174,6 +174,36 @@ def test_reached_max_treedepth_is_flagged():
     assert s["reached_max_treedepth"].any()
 
 
+def test_every_chain_method_reports_the_same_sample_stats_for_hmc_and_nuts():
+    # HMC builds no tree: no reached_max_treedepth, whichever loop ran it (NumPyro's HMC object
+    # carries a _max_tree_depth all the same, which the vectorized path used to report)
+    lj = lambda m: dist.Normal(0.0, 1.0).log_prob(m["a"]["chain"])  # noqa: E731 - a nested 'chain' is fine
+    keys = {}
+    for kernel in ("hmc", "nuts"):
+        for method in ("sequential", "vectorized"):
+            post = rb.sample(
+                {"a": {"chain": rb.Real(0.0)}},
+                lj,
+                key=jax.random.key(0),
+                num_warmup=10,
+                num_samples=10,
+                num_chains=1,
+                progress_bar=False,
+                kernel=kernel,
+                chain_method=method,
+            )
+            keys[kernel, method] = set(post.sample_stats)
+            assert list(rbaz.group(post.to_inference_data(), "posterior").data_vars) == ["a.chain"]
+    assert (
+        keys["hmc", "sequential"] == keys["hmc", "vectorized"]
+        and "reached_max_treedepth" not in keys["hmc", "vectorized"]
+    )
+    assert (
+        keys["nuts", "sequential"] == keys["nuts", "vectorized"]
+        and "reached_max_treedepth" in keys["nuts", "vectorized"]
+    )
+
+
 def test_coords_and_dims_as_in_from_numpyro(tmp_path):
     y = jnp.array([0.3, 1.2, -0.4, 0.8])
     m = {"mu": rb.Real(0.0), "theta": rb.Positive(jnp.ones(2))}
@@ -222,7 +252,7 @@ def test_coords_and_dims_as_in_from_numpyro(tmp_path):
         post.to_inference_data(dims={"mu": ["a", "b"]})
 
 
-def test_save_never_deletes_files_it_did_not_write(tmp_path, nuts_post):
+def test_save_never_deletes_files_it_did_not_write(tmp_path, nuts_post, monkeypatch):
     target = tmp_path / "results"
     target.mkdir()
     (target / "other_run.csv").write_text("important")
@@ -235,10 +265,19 @@ def test_save_never_deletes_files_it_did_not_write(tmp_path, nuts_post):
     nuts_post.save(fresh)
     nuts_post.save(fresh)
     assert sorted(os.listdir(fresh)) == ["meta.json", "posterior.nc", "unconstrained.eqx"]
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o777 & ~umask
+    umask = os.umask(0o022)  # (mkdtemp's 0700 would differ from 0755 whatever CI's umask is)
+    try:
+        nuts_post.save(fresh)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o755
     assert sorted(os.listdir(tmp_path)) == ["results", "run"]
+    # never the working directory (or one above it): the process would be left in a deleted one
+    monkeypatch.chdir(fresh)
+    for here in (".", str(tmp_path)):
+        with pytest.raises(ValueError, match="working directory"):
+            nuts_post.save(here)
+    assert sorted(os.listdir(fresh)) == ["meta.json", "posterior.nc", "unconstrained.eqx"] and os.getcwd() == str(fresh)
 
 
 def test_every_plot_writes_a_png(tmp_path, nuts_post):

@@ -535,5 +535,19 @@ def test_checkpoint_into_a_used_directory_is_refused_before_sampling(tmp_path):
         sample(checkpoint=str(tmp_path))
 
 
+def test_a_bijector_holding_a_numpy_index_samples():
+    # the names are read from the shapes of the trace that checks the density: arrays that are
+    # not free (a NumPy index here) stay concrete, as in the sampler
+    class Tied(rb.Bijector):
+        raw: jax.Array
+        idx: np.ndarray
+
+        def unwrap_and_log_det(self):
+            return self.raw[np.asarray(self.idx)], jnp.zeros(())
+
+    post = sample({"t": Tied(jnp.zeros(2), np.array([0, 1, 1]))}, lambda m: -jnp.sum(m["t"] ** 2))
+    assert post.draws["t"].shape == (1, 5, 3)
+
+
 def test_at_least_100_cases():
     assert len(CASES) + len(WARN) + len(LOAD) >= 100

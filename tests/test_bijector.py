@@ -478,6 +478,12 @@ def test_constrained_uses_the_named_bijectors_map(constraint, named, n):
 
 
 def test_constrained_simplex_log_density_is_the_simplexs():
+    # also batched as independent(simplex) (a Dirichlet(...).to_event(1) support)
+    u2 = jnp.array([[20.0, -20.0], [80.0, -80.0]])
+    batched = rb.Constrained.from_unconstrained(u2, C.independent(C.simplex, 1))
+    np.testing.assert_array_equal(rb.log_det_jacobian(batched), rb.log_det_jacobian(rb.Simplex.from_unconstrained(u2)))
+    with pytest.raises(ValueError, match="every entry must be > 0"):
+        rb.Constrained(jnp.array([[0.5, 0.5, 0.0]]), C.independent(C.simplex, 1))
     u = jnp.array([20.0, -20.0])
     prior = dist.Dirichlet(jnp.array([1.5, 2.0, 3.0]))
     log_p = lambda w: rb.log_density(lambda m: 0.0, {"w": w})  # noqa: E731

@@ -251,7 +251,7 @@ def test_constructor_checks_under_jit_are_the_eager_ones():
     ]
     value_cases = [  # refused when the compiled function runs
         (rb.Simplex, jnp.array([0.5, 0.5, 0.0]), "Simplex: value must be finite and strictly inside"),
-        (rb.Simplex, jnp.array([0.2, 0.3, 0.4]), "Simplex: value must be finite and strictly inside"),
+        (rb.ZeroSum, jnp.array([1e-3, -1e-3, 1e-6]), "ZeroSum: value must be finite and strictly inside"),
         (lambda v: rb.Constrained(v, constraints.simplex), jnp.array([0.5, 0.5, 0.0]), "Constrained: value must"),
         (
             lambda v: {"m": rb.Real(0.0), "t": rb.LocScale(v, rb.Ref("m"), 1.0)},
@@ -265,3 +265,9 @@ def test_constructor_checks_under_jit_are_the_eager_ones():
         with pytest.raises(Exception, match=message):
             under_jit(build, value)
     np.testing.assert_allclose(under_jit(rb.Simplex, jnp.array([0.2, 0.3, 0.5])), [0.2, 0.3, 0.5], rtol=1e-6)
+    with jax.enable_x64(True):  # a sum off 1 by 1e-9: inside NumPyro's simplex support (1e-6), refused eagerly
+        off = jnp.array([0.2, 0.3, 0.5 + 1e-9], jnp.float64)
+        with pytest.raises(ValueError, match="sum to 1"):
+            rb.Simplex(off)
+        with pytest.raises(Exception, match="Simplex: value must be finite and strictly inside"):
+            under_jit(rb.Simplex, off)

@@ -113,6 +113,13 @@ def check_prior(
             )
 
 
+def is_simplex(constraint: constraints.Constraint) -> bool:
+    """A simplex constraint, also one per batch entry (``independent(simplex, k)``)."""
+    while isinstance(constraint, constraints._IndependentConstraint):
+        constraint = constraint.base_constraint
+    return isinstance(constraint, constraints._Simplex)
+
+
 def check_open_simplex(name: str, value: Array) -> None:
     # NumPyro's simplex support is closed and its inverse stick-breaking clips, so a 0 in the
     # last entry would otherwise pass as an unconstrained value of about ±87.

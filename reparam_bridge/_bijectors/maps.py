@@ -30,9 +30,14 @@ from numpyro.distributions import transforms as T
 
 
 class _Registry(T.ConstraintRegistry):
-    """NumPyro's registry, falling back to NumPyro's own ``biject_to`` for the rest."""
+    """NumPyro's registry, falling back to NumPyro's own ``biject_to`` for the rest. An
+    ``independent`` constraint maps through this registry's map of its base (NumPyro's would
+    look its base up in NumPyro's registry, bypassing ours)."""
 
     def __call__(self, constraint: constraints.Constraint) -> T.Transform:
+        if isinstance(constraint, constraints._IndependentConstraint):
+            base = self(constraint.base_constraint)
+            return T.IndependentTransform(base, constraint.reinterpreted_batch_ndims)
         factory = self._registry.get(type(constraint))
         return T.biject_to(constraint) if factory is None else factory(constraint)
 

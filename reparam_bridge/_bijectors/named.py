@@ -23,6 +23,7 @@ from .checks import (
     check_round_trip,
     check_value_type,
     frozen_or_live,
+    is_simplex,
     is_traced,
     support_text,
 )
@@ -123,7 +124,8 @@ class NamedBijector(Bijector):
             )
         event_size = int(np.prod(value.shape[value.ndim - self.event_ndim :]))
         recovered = inner.transform()(unconstrained)
-        check_round_trip(name, value, recovered, self._value_scale(value), event_size, unconstrained)
+        elementwise = unconstrained if self.event_ndim == 0 else None  # (the |u| allowance: see there)
+        check_round_trip(name, value, recovered, self._value_scale(value), event_size, elementwise)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
             check_prior(name, prior, support, value.shape)
@@ -342,11 +344,11 @@ class Constrained(NamedBijector):
 
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)
-        if isinstance(self.constraint, constraints._Simplex):
+        if is_simplex(self.constraint):
             check_open_simplex("Constrained", value)
 
     def _inside(self, value: Array) -> Array | bool:
-        return jnp.all(value > 0) if isinstance(self.constraint, constraints._Simplex) else True
+        return jnp.all(value > 0) if is_simplex(self.constraint) else True
 
     def transform(self) -> T.Transform:
         # The registry's map: where a named bijector has its own map (for the log-Jacobian

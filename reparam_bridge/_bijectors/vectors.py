@@ -115,12 +115,19 @@ class ZeroSum(NamedBijector):
     def _value_scale(self, value: Array) -> Array:  # entries are sums: their vector's size
         return vector_max_scale(value)
 
+    @staticmethod
+    def _sum_tolerance(value: Array) -> Array:
+        # the projection spreads a sum s over n entries (|s|/sqrt(n) each), hence the sqrt(n)
+        n = value.shape[-1]
+        return np.sqrt(n) * round_trip_tolerance(value.dtype, n) * jnp.max(jnp.abs(value), axis=-1)
+
+    def _inside(self, value: Array) -> Array:  # summing to 0, as _check_value says
+        return jnp.all(jnp.abs(jnp.sum(value, axis=-1)) <= self._sum_tolerance(value))
+
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)
         v = np.asarray(value, np.float64)
-        # the projection spreads a sum s over n entries (|s|/sqrt(n) each), hence the sqrt(n)
-        n = value.shape[-1]
-        tol = np.sqrt(n) * round_trip_tolerance(value.dtype, n) * np.max(np.abs(v), axis=-1)
+        tol = np.asarray(self._sum_tolerance(v))
         sums = np.sum(v, axis=-1)
         if np.any(np.abs(sums) > tol):
             raise ValueError(
