@@ -271,3 +271,13 @@ def test_constructor_checks_under_jit_are_the_eager_ones():
             rb.Simplex(off)
         with pytest.raises(Exception, match="Simplex: value must be finite and strictly inside"):
             under_jit(rb.Simplex, off)
+
+
+def test_zero_sum_accepts_centred_float32_vectors_eagerly_and_under_jit():
+    # its sum tolerance is the value's own dtype's rounding (a float64 copy's made the eager check
+    # refuse 934 of 1,000 centred float32 vectors)
+    x = jax.random.normal(jax.random.key(1), (200, 7))
+    x = x - x.mean(-1, keepdims=True)
+    for row in x:
+        np.testing.assert_allclose(rb.unwrap(rb.ZeroSum(row)), row, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.vmap(lambda v: rb.unwrap(rb.ZeroSum(v))))(x), x, atol=1e-6)

@@ -127,7 +127,7 @@ class ZeroSum(NamedBijector):
     def _check_value(self, value: Array) -> None:
         super()._check_value(value)
         v = np.asarray(value, np.float64)
-        tol = np.asarray(self._sum_tolerance(v))
+        tol = np.asarray(self._sum_tolerance(value), np.float64)  # (the value's own dtype's rounding)
         sums = np.sum(v, axis=-1)
         if np.any(np.abs(sums) > tol):
             raise ValueError(
