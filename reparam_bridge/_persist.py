@@ -223,8 +223,12 @@ def save_posterior(post: Any, directory: str) -> None:
 
     # the directory is replaced whole: only an empty one or an earlier save may be overwritten,
     # and never the working directory or one above it (the process would be left in a deleted one)
-    here = os.path.abspath(directory)
-    if os.path.isdir(here) and os.path.commonpath([here, os.getcwd()]) == here:
+    here = os.path.realpath(directory)
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except FileNotFoundError:  # the working directory itself was deleted: nothing to protect
+        cwd = None
+    if cwd is not None and os.path.isdir(here) and os.path.commonpath([here, cwd]) == here:
         raise ValueError(
             f"Posterior.save: {directory!r} is the working directory or holds it, and save replaces the "
             "whole directory it writes; save into a subdirectory (post.save('run'))."

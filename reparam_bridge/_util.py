@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PyTree
+from numpyro.infer import NUTS
 
 from ._density import log_density, partition
 from ._paths import path_to_str
@@ -130,22 +131,23 @@ def to_sample_stats(extra: dict[str, Array], max_tree_depth: Any = None) -> dict
 
 
 def max_tree_depth(kernel: type, kernel_kwargs: dict) -> Any:
-    """A kernel's ``max_tree_depth`` as ``MCMC`` reports it (``None`` for kernels without one):
-    the option given, else the class's default (NUTS: 10).
+    """A kernel's ``max_tree_depth`` as ``MCMC`` reports it: for NUTS (and its subclasses) the
+    option given, else NUTS's default (10); ``None`` for kernels that build no tree (``HMC``).
 
     Example:
         >>> from numpyro.infer import HMC, NUTS
         >>> max_tree_depth(NUTS, {}), max_tree_depth(NUTS, {"max_tree_depth": 6}), max_tree_depth(HMC, {})
         (10, 6, None)
     """
-    default = inspect.signature(kernel).parameters.get("max_tree_depth")
-    return None if default is None else kernel_kwargs.get("max_tree_depth", default.default)
+    if not (isinstance(kernel, type) and issubclass(kernel, NUTS)):
+        return None
+    return kernel_kwargs.get("max_tree_depth", inspect.signature(NUTS).parameters["max_tree_depth"].default)
 
 
 def sampler_max_tree_depth(sampler: Any) -> Any:
     """:func:`max_tree_depth` of a kernel instance (the value it was built with): NumPyro's
     ``HMC`` also carries a ``_max_tree_depth``, but builds no tree, so it gets ``None`` here."""
-    return getattr(sampler, "_max_tree_depth", None) if max_tree_depth(type(sampler), {}) is not None else None
+    return getattr(sampler, "_max_tree_depth", None) if isinstance(sampler, NUTS) else None
 
 
 def to_numpy(x: Array) -> np.ndarray:

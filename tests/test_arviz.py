@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from numpyro.infer import NUTS
 
 import reparam_bridge as rb
 from reparam_bridge import arviz as rbaz
@@ -178,8 +179,13 @@ def test_every_chain_method_reports_the_same_sample_stats_for_hmc_and_nuts():
     # HMC builds no tree: no reached_max_treedepth, whichever loop ran it (NumPyro's HMC object
     # carries a _max_tree_depth all the same, which the vectorized path used to report)
     lj = lambda m: dist.Normal(0.0, 1.0).log_prob(m["a"]["chain"])  # noqa: E731 - a nested 'chain' is fine
+
+    class SubNUTS(NUTS):  # a subclass is NUTS too (it has a tree), whatever its signature
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
     keys = {}
-    for kernel in ("hmc", "nuts"):
+    for kernel in ("hmc", "nuts", SubNUTS):
         for method in ("sequential", "vectorized"):
             post = rb.sample(
                 {"a": {"chain": rb.Real(0.0)}},
@@ -202,6 +208,7 @@ def test_every_chain_method_reports_the_same_sample_stats_for_hmc_and_nuts():
         keys["nuts", "sequential"] == keys["nuts", "vectorized"]
         and "reached_max_treedepth" in keys["nuts", "vectorized"]
     )
+    assert keys[SubNUTS, "vectorized"] == keys[SubNUTS, "sequential"] == keys["nuts", "vectorized"]
 
 
 def test_coords_and_dims_as_in_from_numpyro(tmp_path):
@@ -278,6 +285,10 @@ def test_save_never_deletes_files_it_did_not_write(tmp_path, nuts_post, monkeypa
         with pytest.raises(ValueError, match="working directory"):
             nuts_post.save(here)
     assert sorted(os.listdir(fresh)) == ["meta.json", "posterior.nc", "unconstrained.eqx"] and os.getcwd() == str(fresh)
+    (tmp_path / "results" / "lnk").symlink_to(tmp_path)  # the same directory through a link
+    with pytest.raises(ValueError, match="working directory"):
+        nuts_post.save(tmp_path / "results" / "lnk" / "run")
+    assert os.getcwd() == str(fresh)
 
 
 def test_every_plot_writes_a_png(tmp_path, nuts_post):

@@ -501,8 +501,9 @@ def test_far_values_of_elementwise_maps_are_accepted_and_kept(dtype, request):
     exponents = np.linspace(-300, 300, 601) if dtype == "float64" else np.linspace(-37, 38, 301)
     for e in exponents:
         v = np.asarray(10.0**e, dtype)
-        for wrapper in (rb.Positive(v), rb.Bounded(v, lower=0.0)):
-            got = np.asarray(rb.unwrap(wrapper))
+        per_entry = rb.Constrained(jnp.asarray([v]), C.independent(C.positive, 1))  # elementwise too
+        for wrapper in (rb.Positive(v), rb.Bounded(v, lower=0.0), per_entry):
+            got = np.ravel(rb.unwrap(wrapper))[0]
             assert got.dtype == np.dtype(dtype)
             ulps = abs(float(got) - float(v)) / (np.finfo(dtype).eps * float(v))
             assert ulps <= 1 + abs(float(np.log(v))), (wrapper, v, got, ulps)

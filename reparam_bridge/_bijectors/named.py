@@ -124,7 +124,10 @@ class NamedBijector(Bijector):
             )
         event_size = int(np.prod(value.shape[value.ndim - self.event_ndim :]))
         recovered = inner.transform()(unconstrained)
-        elementwise = unconstrained if self.event_ndim == 0 else None  # (the |u| allowance: see there)
+        base = inner.transform()  # an elementwise map (also under independent) gets the |u| allowance
+        while isinstance(base, T.IndependentTransform):
+            base = base.base_transform
+        elementwise = unconstrained if base.domain.event_dim == 0 else None
         check_round_trip(name, value, recovered, self._value_scale(value), event_size, elementwise)
         object.__setattr__(self, "unconstrained", unconstrained)
         if prior is not None:
