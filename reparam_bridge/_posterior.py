@@ -302,7 +302,8 @@ class Posterior:
         of the sampled free arrays) and ``meta.json`` (sizes and the model's signature) into
         ``directory``, atomically: a new directory is built beside it and swapped in, so a
         crash leaves the old contents or the new, never a mix. ``directory`` must be new, empty
-        or an earlier save: one holding other files is refused (``FileExistsError``), not replaced."""
+        or an earlier save: one holding other files is refused (``FileExistsError``), not replaced,
+        and so is the working directory or one above it (``ValueError``)."""
         _persist.save_posterior(self, os.fspath(directory))
 
     @classmethod
